@@ -1,0 +1,106 @@
+"""FCLMConfig: Qwen2.5-VL's config plus a SAM config and FCLM's own switches (SPEC §1)."""
+from __future__ import annotations
+
+from transformers import PreTrainedConfig, Qwen2_5_VLConfig, SamConfig
+
+# Module groups that a training stage can make trainable (see fclm.model.stages).
+MODULE_GROUPS = (
+    "vision_encoder",  # Qwen2.5-VL ViT + merger
+    "llm",  # Qwen2.5-VL language model + lm_head
+    "region_extractor",  # hybrid region extractor (§1.3)
+    "seg_projector",  # d → d → 256 MLP (§1.4)
+    "mask_decoder",  # SAM prompt encoder + mask decoder
+    "sam_image_encoder",  # SAM ViT
+)
+
+DEFAULT_STAGES = {
+    "stage1": ["llm", "region_extractor", "seg_projector", "mask_decoder"],
+    "stage2": ["llm"],
+}
+
+SPECIAL_TOKENS = {"mask": "<mask>", "pos": "<pos>", "seg": "[SEG]", "p_start": "<p>", "p_end": "</p>"}
+REGION_PLACEHOLDER = "<region>"
+
+
+class FCLMConfig(Qwen2_5_VLConfig):
+    r"""Configuration of :class:`~fclm.model.FCLMForConditionalGeneration`.
+
+    Everything of Qwen2.5-VL's config (``text_config``, ``vision_config``, image token ids), plus:
+
+    sam_config (`SamConfig` or dict): the SAM model whose image encoder, prompt encoder and mask
+        decoder FCLM uses (ViT-H for the paper).
+    region_hidden_size (`int`, defaults to 256): width inside the hybrid region extractor.
+    use_local_aggregation / use_pixel_enhancement / use_semantic_guidance (`bool`): the three
+        progressive steps of the semantic branch (§1.3; paper Table 9).
+    visual_prompt (`str`, "both" | "mask" | "pos"): which visual-prompt embeddings overwrite their
+        slots (paper Table 8); a slot left unused keeps its learned token embedding.
+    deformable_points / deformable_heads: semantic-guidance sampling points K and heads.
+    local_crop_margin (`float`): context margin around the mask box, as a fraction of its size.
+    pos_grid_size (`int`): S of the S×S mask grid the position branch sees.
+    max_region_pixels (`int`): cap on foreground feature cells used by pixel enhancement.
+    ce_weight, dice_weight, bce_weight, self_recon_weight, latent_weight (`float`): loss weights
+        (§1.5). ``self_recon_weight`` is L_self (stage 1), ``latent_weight`` L_latent (stage 2).
+    latent_loss (`str`, "cosine" | "kl" | "mse") and latent_space (`str`, "prompt" | "llm").
+    max_masks_per_sample (`int`, defaults to 5): targets sampled per example for the mask loss.
+    stages (`dict[str, list[str]]`): per training stage, the module groups that train (others are
+        frozen); groups are listed in ``fclm.model.configuration_fclm.MODULE_GROUPS``.
+    mask_token_id / pos_token_id / seg_token_id / p_start_token_id / p_end_token_id (`int`): ids of
+        FCLM's special tokens, written by the processor builder (never hard-coded).
+    """
+
+    model_type = "fclm"
+    sub_configs_defaults = {**Qwen2_5_VLConfig.sub_configs_defaults, "sam_config": SamConfig}
+
+    sam_config: dict | PreTrainedConfig | None = None
+    region_hidden_size: int = 256
+    use_local_aggregation: bool = True
+    use_pixel_enhancement: bool = True
+    use_semantic_guidance: bool = True
+    visual_prompt: str = "both"
+    deformable_points: int = 4
+    deformable_heads: int = 8
+    local_crop_margin: float = 0.1
+    pos_grid_size: int = 16
+    max_region_pixels: int = 1024
+    ce_weight: float = 1.0
+    dice_weight: float = 1.0
+    bce_weight: float = 2.0
+    self_recon_weight: float = 1.0
+    latent_weight: float = 1.0
+    latent_loss: str = "cosine"
+    latent_space: str = "prompt"
+    max_masks_per_sample: int = 5
+    stages: dict | None = None
+    mask_token_id: int | None = None
+    pos_token_id: int | None = None
+    seg_token_id: int | None = None
+    p_start_token_id: int | None = None
+    p_end_token_id: int | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.stages is None:
+            self.stages = {k: list(v) for k, v in DEFAULT_STAGES.items()}
+        super().__post_init__(**kwargs)
+        self.validate_fclm()
+
+    def validate_fclm(self) -> None:
+        if self.visual_prompt not in ("both", "mask", "pos"):
+            raise ValueError(f"visual_prompt must be 'both', 'mask' or 'pos', got {self.visual_prompt!r}")
+        if self.latent_loss not in ("cosine", "kl", "mse"):
+            raise ValueError(f"latent_loss must be 'cosine', 'kl' or 'mse', got {self.latent_loss!r}")
+        if self.latent_space not in ("prompt", "llm"):
+            raise ValueError(f"latent_space must be 'prompt' or 'llm', got {self.latent_space!r}")
+        for stage, groups in self.stages.items():
+            bad = [g for g in groups if g not in MODULE_GROUPS]
+            if bad:
+                raise ValueError(f"stage {stage!r} names unknown module groups {bad}; known: {MODULE_GROUPS}")
+        if self.deformable_heads < 1 or self.region_hidden_size % self.deformable_heads:
+            raise ValueError("region_hidden_size must be divisible by deformable_heads")
+
+    @property
+    def llm_hidden_size(self) -> int:
+        return self.text_config.hidden_size
+
+    @property
+    def sam_prompt_size(self) -> int:
+        return self.sam_config.prompt_encoder_config.hidden_size

@@ -1,0 +1,73 @@
+"""One mask-decoding path for `[SEG]` states and `<pos>` embeddings (SPEC §1.4)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SegProjector(nn.Sequential):
+    """LLM-width vector → one SAM sparse prompt token: Linear(d, d) → ReLU → Linear(d, 256)."""
+
+    def __init__(self, llm_hidden_size: int, prompt_size: int):
+        super().__init__(nn.Linear(llm_hidden_size, llm_hidden_size), nn.ReLU(),
+                         nn.Linear(llm_hidden_size, prompt_size))
+
+
+def sam_image_embeddings(sam, pixel_values: torch.Tensor) -> torch.Tensor:
+    """SAM image encoder, ``(B, 3, S, S)`` → ``(B, C, g, g)``.
+
+    Calls ``vision_encoder`` directly (``SamModel.get_image_embeddings`` is ``no_grad``) and only
+    builds a graph when some encoder parameter trains.
+    """
+    enc = sam.vision_encoder
+    pixel_values = pixel_values.to(enc.patch_embed.projection.weight.dtype)
+    if any(p.requires_grad for p in enc.parameters()) and torch.is_grad_enabled():
+        return enc(pixel_values)[0]
+    with torch.no_grad():
+        return enc(pixel_values)[0]
+
+
+def decode_masks(
+    sam,
+    prompts: torch.Tensor,
+    image_embeddings: torch.Tensor,
+    image_index: torch.Tensor,
+    valid_sizes: torch.Tensor,
+    original_sizes: torch.Tensor,
+) -> list[torch.Tensor]:
+    """Decode one mask per prompt token.
+
+    Args:
+        sam: a ``transformers.SamModel``.
+        prompts: ``(N, P)`` sparse prompt tokens (P = SAM prompt width, 256 for SAM).
+        image_embeddings: ``(B, P, g, g)`` SAM embeddings of the B images (computed once each).
+        image_index: ``(N,)`` image of each prompt.
+        valid_sizes: ``(B, 2)`` (h, w) of each resized image inside SAM's padded square input.
+        original_sizes: ``(B, 2)`` (H, W) of each original image.
+    Returns:
+        N logit maps, the i-th of shape ``original_sizes[image_index[i]]``; mask = logits > 0.
+    """
+    if prompts.shape[0] == 0:
+        return []
+    n = prompts.shape[0]
+    emb = image_embeddings[image_index]
+    dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(n, -1, *emb.shape[-2:])
+    pos = sam.get_image_wide_positional_embeddings().to(emb.dtype).expand(n, -1, -1, -1)
+    low_res, _ = sam.mask_decoder(
+        image_embeddings=emb,
+        image_positional_embeddings=pos,
+        sparse_prompt_embeddings=prompts.to(emb.dtype).view(n, 1, 1, -1),
+        dense_prompt_embeddings=dense.to(emb.dtype),
+        multimask_output=False,
+    )
+    low_res = low_res[:, 0, :1].float()  # (N, 1, 4g, 4g)
+    size = sam.config.vision_config.image_size
+    up = F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
+    out = []
+    for i, b in enumerate(image_index.tolist()):
+        h, w = (int(v) for v in valid_sizes[b])
+        H, W = (int(v) for v in original_sizes[b])
+        m = up[i : i + 1, :, :h, :w]
+        out.append(F.interpolate(m, size=(H, W), mode="bilinear", align_corners=False)[0, 0])
+    return out

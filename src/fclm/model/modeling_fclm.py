@@ -1,0 +1,264 @@
+"""FCLMForConditionalGeneration: Qwen2.5-VL + SAM + hybrid region extractor (SPEC §1).
+
+A plain subclass of transformers' ``Qwen2_5_VLForConditionalGeneration`` (so real Qwen2.5-VL
+weights load into it unchanged) that adds ``sam`` (a ``SamModel``), ``region_extractor`` and
+``seg_projector``. Slots are found from ``input_ids`` (never by offsets):
+
+* ``<mask>`` / ``<pos>`` input embeddings are overwritten with the extractor's T_mask / T_pos, in
+  row-major order of their positions, matched one-to-one with ``region_masks``;
+* the last-layer hidden state at each ``[SEG]`` position is a grounding query, matched one-to-one
+  (row-major) with ``target_masks``.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import Qwen2_5_VLForConditionalGeneration, SamModel
+from transformers.utils import ModelOutput
+
+from .configuration_fclm import FCLMConfig
+from .losses import latent_consistency, mask_losses
+from .mask_decoding import SegProjector, decode_masks, sam_image_embeddings
+from .region_extractor import HybridRegionExtractor
+
+
+@dataclass
+class FCLMOutput(ModelOutput):
+    """Every loss term separately (None when the batch has nothing for it), logits, masks.
+
+    ``pred_masks``: one logit map per ``[SEG]`` query at its image's original size;
+    ``seg_queries``: ``(N_seg, d)`` hidden states; ``seg_image_index``: ``(N_seg,)`` batch row.
+    """
+
+    loss: torch.Tensor | None = None
+    loss_ce: torch.Tensor | None = None
+    loss_dice: torch.Tensor | None = None
+    loss_bce: torch.Tensor | None = None
+    loss_seg: torch.Tensor | None = None
+    loss_self: torch.Tensor | None = None
+    loss_latent: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    hidden_states: torch.Tensor | None = None
+    cache: object | None = None
+    pred_masks: list | None = None
+    seg_queries: torch.Tensor | None = None
+    seg_image_index: torch.Tensor | None = None
+
+
+class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
+    config_class = FCLMConfig
+    config: FCLMConfig
+
+    def __init__(self, config: FCLMConfig):
+        super().__init__(config)
+        self.sam = SamModel(config.sam_config)
+        self.region_extractor = HybridRegionExtractor(config)
+        self.seg_projector = SegProjector(config.llm_hidden_size, config.sam_prompt_size)
+        self.post_init()
+
+    # ------------------------------------------------------------------ pieces
+    def module_groups(self) -> dict[str, list[nn.Module]]:
+        """The trainable-unit groups named in ``config.stages``."""
+        return {
+            "vision_encoder": [self.model.visual],
+            "llm": [self.model.language_model, self.lm_head],
+            "region_extractor": [self.region_extractor],
+            "seg_projector": [self.seg_projector],
+            "mask_decoder": [self.sam.mask_decoder, self.sam.prompt_encoder],
+            "sam_image_encoder": [self.sam.vision_encoder],
+        }
+
+    def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
+        """Qwen vision encoder → per image ``(gh, gw, d)`` merged features (row-major tokens)."""
+        out = self.model.get_image_features(pixel_values, image_grid_thw)
+        feats = out.pooler_output if hasattr(out, "pooler_output") else out
+        merge = self.config.vision_config.spatial_merge_size
+        if isinstance(feats, torch.Tensor):
+            feats = torch.split(feats, (image_grid_thw.prod(-1) // merge**2).tolist())
+        return [f.view(int(t[1]) // merge, int(t[2]) // merge, -1) for f, t in zip(feats, image_grid_thw)]
+
+    def position_ids_for(self, input_ids, image_grid_thw, attention_mask):
+        """3-D M-RoPE positions ``(3, B, L)`` and per-row deltas ``(B, 1)``."""
+        kwargs = {"image_grid_thw": image_grid_thw, "attention_mask": attention_mask}
+        if "mm_token_type_ids" in inspect.signature(self.model.get_rope_index).parameters:
+            kwargs["mm_token_type_ids"] = (input_ids == self.config.image_token_id).int()
+        return self.model.get_rope_index(input_ids, **kwargs)
+
+    def slot_positions(self, input_ids: torch.Tensor, token_id: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row-major (batch, position) of every occurrence of ``token_id``."""
+        if token_id is None:
+            raise ValueError("FCLMConfig lacks a special-token id; build the model with fclm's processor")
+        return torch.nonzero(input_ids == token_id, as_tuple=True)
+
+    def build_inputs_embeds(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        image_grid_thw: torch.Tensor | None,
+        region_masks: list[torch.Tensor] | None = None,
+        region_crop_pixel_values: torch.Tensor | None = None,
+        region_crop_masks: torch.Tensor | None = None,
+    ):
+        """Token embeddings with image features and visual prompts written into their slots.
+
+        Returns ``(inputs_embeds (B, L, d), vision_features, t_mask (R, d) | None, t_pos (R, d) | None,
+        region_image_index (R,) | None)``.
+        """
+        embeds = self.get_input_embeddings()(input_ids)
+        vision = None
+        if pixel_values is not None:
+            vision = self.encode_images(pixel_values, image_grid_thw)
+            flat = torch.cat([v.flatten(0, 1) for v in vision]).to(embeds.dtype)
+            img_mask = (input_ids == self.config.image_token_id).unsqueeze(-1)
+            if int(img_mask.sum()) != flat.shape[0]:
+                raise ValueError(f"{int(img_mask.sum())} image tokens in input_ids but {flat.shape[0]} image features")
+            embeds = embeds.masked_scatter(img_mask, flat)
+        t_mask = t_pos = region_index = None
+        mb, ml = self.slot_positions(input_ids, self.config.mask_token_id)
+        pb, pl = self.slot_positions(input_ids, self.config.pos_token_id)
+        n_regions = len(region_masks or [])
+        if len(mb) != n_regions or len(pb) != n_regions:
+            raise ValueError(f"input_ids hold {len(mb)} <mask> and {len(pb)} <pos> slots but {n_regions} region masks were given")
+        if n_regions:
+            if vision is None:
+                raise ValueError("region prompts need the image (pixel_values)")
+            region_index = mb
+            crop_feats = None
+            if self.config.use_local_aggregation:
+                if region_crop_pixel_values is None:
+                    raise ValueError("use_local_aggregation needs region_crop_pixel_values from the processor")
+                crop_feats = sam_image_embeddings(self.sam, region_crop_pixel_values)
+            t_mask, t_pos = self.region_extractor(region_masks, region_index, vision, crop_feats, region_crop_masks)
+            vp = self.config.visual_prompt
+            if vp in ("both", "mask"):
+                embeds = embeds.index_put((mb, ml), t_mask.to(embeds.dtype))
+            if vp in ("both", "pos"):
+                embeds = embeds.index_put((pb, pl), t_pos.to(embeds.dtype))
+        return embeds, vision, t_mask, t_pos, region_index
+
+    def run_language_model(self, inputs_embeds, attention_mask, position_ids, cache=None, use_cache=False):
+        """Call the Qwen text model; ``cache`` keyword differs across transformers 5.x releases."""
+        lm = self.model.language_model
+        key = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+        return lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                  use_cache=use_cache, **{key: cache})
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        sam_pixel_values: torch.Tensor | None = None,
+        sam_valid_sizes: torch.Tensor | None = None,
+        original_sizes: torch.Tensor | None = None,
+        region_masks: list[torch.Tensor] | None = None,
+        region_crop_pixel_values: torch.Tensor | None = None,
+        region_crop_masks: torch.Tensor | None = None,
+        target_masks: list[torch.Tensor] | None = None,
+        latent_pairs: torch.LongTensor | None = None,
+        decode_seg: bool | None = None,
+        **kwargs,
+    ) -> FCLMOutput:
+        r"""
+        Args:
+            input_ids: ``(B, L)``; one image per row, its ``<|image_pad|>`` run in place.
+            attention_mask: ``(B, L)``.
+            pixel_values / image_grid_thw: Qwen2-VL image processor outputs for the B images.
+            labels: ``(B, L)`` answer-token targets, -100 elsewhere.
+            sam_pixel_values: ``(B, 3, S, S)`` SAM-preprocessed images (long side S, padded).
+            sam_valid_sizes / original_sizes: ``(B, 2)`` resized (h, w) inside S×S / original (H, W).
+            region_masks: one ``(H, W)`` bool mask per ``<mask><pos>`` slot, row-major order.
+            region_crop_pixel_values / region_crop_masks: ``(R, 3, S, S)`` / ``(R, S, S)`` crops for
+                local aggregation.
+            target_masks: one ``(H, W)`` uint8 mask (0/1, 255 = ignore) per ``[SEG]``, row-major.
+            latent_pairs: ``(P, 2)`` (``[SEG]`` index, region index) pairs for L_latent.
+            decode_seg: decode masks for every ``[SEG]`` (default: when SAM inputs are given).
+        """
+        cfg = self.config
+        embeds, vision, t_mask, t_pos, region_index = self.build_inputs_embeds(
+            input_ids, pixel_values, image_grid_thw, region_masks, region_crop_pixel_values, region_crop_masks)
+        position_ids, _ = self.position_ids_for(input_ids, image_grid_thw, attention_mask)
+        out = self.run_language_model(embeds, attention_mask, position_ids)
+        hidden = out.last_hidden_state
+        logits = self.lm_head(hidden)
+        result = FCLMOutput(logits=logits, hidden_states=hidden)
+        terms: dict[str, torch.Tensor] = {}
+
+        if labels is not None:
+            shift_logits = logits[:, :-1].flatten(0, 1).float()
+            shift_labels = labels[:, 1:].flatten().to(logits.device)
+            if (shift_labels != -100).any():
+                result.loss_ce = nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+                terms["ce"] = cfg.ce_weight * result.loss_ce
+
+        sb, sl = self.slot_positions(input_ids, cfg.seg_token_id)
+        result.seg_queries, result.seg_image_index = hidden[sb, sl], sb
+        if target_masks is not None and len(target_masks) != len(sb):
+            raise ValueError(f"input_ids hold {len(sb)} [SEG] tokens but {len(target_masks)} target masks were given")
+        decode_seg = sam_pixel_values is not None if decode_seg is None else decode_seg
+        need_sam = decode_seg and len(sb) or (t_pos is not None and cfg.self_recon_weight > 0 and sam_pixel_values is not None)
+        image_emb = sam_image_embeddings(self.sam, sam_pixel_values) if need_sam else None
+
+        if decode_seg and len(sb):
+            prompts = self.seg_projector(result.seg_queries)
+            if target_masks is not None and self.training:
+                keep = self._subsample_targets(sb)
+                logits_k = decode_masks(self.sam, prompts[keep], image_emb, sb[keep], sam_valid_sizes, original_sizes)
+                result.loss_dice, result.loss_bce = mask_losses(logits_k, [target_masks[i] for i in keep.tolist()])
+                result.pred_masks = None
+            else:
+                result.pred_masks = decode_masks(self.sam, prompts, image_emb, sb, sam_valid_sizes, original_sizes)
+                if target_masks is not None:
+                    result.loss_dice, result.loss_bce = mask_losses(result.pred_masks, target_masks)
+            if result.loss_dice is not None:
+                result.loss_seg = cfg.dice_weight * result.loss_dice + cfg.bce_weight * result.loss_bce
+                terms["seg"] = result.loss_seg
+
+        if t_pos is not None and cfg.self_recon_weight > 0 and image_emb is not None:
+            rec = decode_masks(self.sam, self.seg_projector(t_pos), image_emb, region_index, sam_valid_sizes, original_sizes)
+            d, b = mask_losses(rec, [m.to(torch.uint8) for m in region_masks])
+            result.loss_self = cfg.dice_weight * d + cfg.bce_weight * b
+            terms["self"] = cfg.self_recon_weight * result.loss_self
+
+        if latent_pairs is not None and len(latent_pairs) and cfg.latent_weight > 0:
+            seg_vec = result.seg_queries[latent_pairs[:, 0]]
+            pos_vec = t_pos[latent_pairs[:, 1]]
+            if cfg.latent_space == "prompt":
+                seg_vec, pos_vec = self.seg_projector(seg_vec), self.seg_projector(pos_vec)
+            result.loss_latent = latent_consistency(seg_vec, pos_vec, cfg.latent_loss)
+            terms["latent"] = cfg.latent_weight * result.loss_latent
+
+        if terms:
+            result.loss = sum(terms.values())
+        return result
+
+    def _subsample_targets(self, seg_rows: torch.Tensor) -> torch.Tensor:
+        """Indices of at most ``max_masks_per_sample`` random `[SEG]` targets per example."""
+        keep = []
+        for b in seg_rows.unique().tolist():
+            idx = (seg_rows == b).nonzero(as_tuple=True)[0]
+            if len(idx) > self.config.max_masks_per_sample:
+                idx = idx[torch.randperm(len(idx))[: self.config.max_masks_per_sample].to(idx.device)].sort().values
+            keep.append(idx)
+        return torch.cat(keep)
+
+
+def register_auto_classes() -> None:
+    """Register FCLM with transformers' Auto classes (idempotent)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+
+    try:
+        AutoConfig.register("fclm", FCLMConfig)
+    except ValueError:
+        pass
+    for auto in (AutoModel, AutoModelForImageTextToText):
+        try:
+            auto.register(FCLMConfig, FCLMForConditionalGeneration)
+        except ValueError:
+            pass

@@ -1,0 +1,202 @@
+"""Hybrid region extractor (SPEC §1.3): binary region mask → (T_mask, T_pos) ∈ R^d.
+
+Semantic branch, three progressive steps, each switchable (paper Table 9):
+
+1. local aggregation — SAM image encoder on a crop around the mask, cells inside the mask are
+   projected ("Proj") and mask-average-pooled ("MP") → T⁰;
+2. pixel enhancement — cross-attention of T⁰ over the selected pixel features → T¹;
+3. semantic guidance — deformable attention around the region centre over the vision encoder's
+   feature map of the whole image (K sampling points per head, bilinear sampling) → T²;
+
+then an MLP to the LLM width d → T_mask. With local aggregation off the pixel features are the
+vision encoder's cells inside the mask, so with everything off T_mask is the mask-pooled vision
+feature (the baseline row). Position branch: MLP over (mask on an S×S grid, centre, size) → T_pos.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def mask_coverage(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Fraction of each cell of a ``size`` grid covered by each mask.
+
+    Args:
+        masks: ``(R, H, W)`` binary masks (any dtype).
+        size: ``(gh, gw)`` target grid.
+    Returns:
+        ``(R, gh, gw)`` float coverage in [0, 1].
+    """
+    return F.adaptive_avg_pool2d(masks.float().unsqueeze(1), size).squeeze(1)
+
+
+def box_geometry(masks: list[torch.Tensor]) -> torch.Tensor:
+    """``(R, 4)`` normalised (cx, cy, w, h) of each mask's bounding box."""
+    out = []
+    for m in masks:
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        h, w = m.shape
+        x0, x1 = xs.min().float(), xs.max().float() + 1
+        y0, y1 = ys.min().float(), ys.max().float() + 1
+        out.append(torch.stack([(x0 + x1) / (2 * w), (y0 + y1) / (2 * h), (x1 - x0) / w, (y1 - y0) / h]))
+    return torch.stack(out)
+
+
+class Mlp(nn.Sequential):
+    def __init__(self, dims: list[int], act=nn.GELU):
+        layers: list[nn.Module] = []
+        for i in range(len(dims) - 1):
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < len(dims) - 2:
+                layers.append(act())
+        super().__init__(*layers)
+
+
+class PixelEnhancement(nn.Module):
+    """Cross-attention of the region query over its foreground pixel features, residual + FFN."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.norm1 = nn.LayerNorm(width)
+        self.ffn = Mlp([width, 4 * width, width])
+        self.norm2 = nn.LayerNorm(width)
+
+    def forward(self, query: torch.Tensor, pixels: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """query ``(R, C)``, pixels ``(R, N, C)``, pad ``(R, N)`` True where padding → ``(R, C)``."""
+        out, _ = self.attn(query.unsqueeze(1), pixels, pixels, key_padding_mask=pad, need_weights=False)
+        x = self.norm1(query + out.squeeze(1))
+        return self.norm2(x + self.ffn(x))
+
+
+class DeformableGuidance(nn.Module):
+    """Single-scale deformable attention (Deformable DETR style) in plain PyTorch.
+
+    Each head predicts K sampling offsets (in feature-map cells) and K weights from the query;
+    values are bilinearly sampled from the projected feature map around the reference point.
+    """
+
+    def __init__(self, width: int, feature_dim: int, heads: int, points: int):
+        super().__init__()
+        self.heads, self.points = heads, points
+        self.value_proj = nn.Linear(feature_dim, width)
+        self.offsets = nn.Linear(width, heads * points * 2)
+        self.weights = nn.Linear(width, heads * points)
+        self.out_proj = nn.Linear(width, width)
+        self.norm = nn.LayerNorm(width)
+        self.ffn = Mlp([width, 4 * width, width])
+        self.norm2 = nn.LayerNorm(width)
+        nn.init.zeros_(self.offsets.weight)
+        with torch.no_grad():  # initial sampling points on a small ring around the reference
+            angles = torch.arange(heads * points, dtype=torch.float32) * (2 * torch.pi / (heads * points))
+            self.offsets.bias.copy_(torch.stack([angles.cos(), angles.sin()], -1).flatten())
+
+    def forward(self, query: torch.Tensor, feature_map: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            query: ``(R, C)`` region queries of one image.
+            feature_map: ``(gh, gw, D)`` vision-encoder features of that image.
+            centers: ``(R, 2)`` reference points (cx, cy), normalised to [0, 1].
+        Returns:
+            ``(R, C)`` updated queries.
+        """
+        R, C = query.shape
+        gh, gw, _ = feature_map.shape
+        h, k = self.heads, self.points
+        value = self.value_proj(feature_map).permute(2, 0, 1).reshape(h, C // h, gh, gw)
+        off = self.offsets(query).view(R, h, k, 2)
+        scale = torch.tensor([1.0 / gw, 1.0 / gh], device=query.device, dtype=query.dtype)
+        loc = centers.view(R, 1, 1, 2) + off * scale  # normalised sampling locations
+        grid = (loc * 2 - 1).permute(1, 0, 2, 3)  # (h, R, k, 2) in grid_sample's [-1, 1]
+        sampled = F.grid_sample(value, grid.to(value.dtype), mode="bilinear", padding_mode="zeros",
+                                align_corners=False)  # (h, C/h, R, k)
+        w = self.weights(query).view(R, h, k).softmax(-1).permute(1, 0, 2)  # (h, R, k)
+        agg = (sampled * w.unsqueeze(1)).sum(-1)  # (h, C/h, R)
+        agg = agg.permute(2, 0, 1).reshape(R, C)
+        x = self.norm(query + self.out_proj(agg))
+        return self.norm2(x + self.ffn(x))
+
+
+class HybridRegionExtractor(nn.Module):
+    """Mask → visual prompt ``<mask><pos>`` embeddings. See the module docstring."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        r, d = config.region_hidden_size, config.llm_hidden_size
+        sam_channels = config.sam_config.vision_config.output_channels
+        s = config.pos_grid_size
+        self.local_proj = Mlp([sam_channels, r, r])  # "Proj" on SAM crop features
+        self.vision_proj = Mlp([d, r, r])  # pixel features when local aggregation is off
+        self.pixel_enhancement = PixelEnhancement(r, config.deformable_heads)
+        self.semantic_guidance = DeformableGuidance(r, d, config.deformable_heads, config.deformable_points)
+        self.mask_out = Mlp([r, d, d])
+        self.pos_branch = Mlp([s * s + 4, r, d, d])
+
+    def _pixels(self, feats: torch.Tensor, cover: torch.Tensor, cap: int):
+        """Select cells with coverage > 0 (at most ``cap``, the most covered) of each region.
+
+        feats ``(R, N, C)``, cover ``(R, N)`` → padded pixels ``(R, M, C)``, pad mask, pooled ``(R, C)``.
+        """
+        counts = (cover > 0).sum(1).clamp(min=1)
+        m = int(min(cap, counts.max().item()))
+        top, idx = cover.topk(m, dim=1)
+        pixels = torch.gather(feats, 1, idx.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
+        pad = top <= 0
+        pad[:, 0] = False  # never fully padded (a region always covers its best cell)
+        w = top.clamp(min=0) * (~pad)
+        pooled = (pixels * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-6)
+        return pixels, pad, pooled
+
+    def forward(
+        self,
+        region_masks: list[torch.Tensor],
+        region_image_index: torch.Tensor,
+        vision_features: list[torch.Tensor],
+        sam_crop_features: torch.Tensor | None = None,
+        crop_masks: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            region_masks: R binary masks, each ``(H_i, W_i)`` at its image's original size.
+            region_image_index: ``(R,)`` which image each region belongs to.
+            vision_features: per image ``(gh, gw, d)`` merged vision-encoder features.
+            sam_crop_features: ``(R, C_sam, g, g)`` SAM features of each region's crop (local
+                aggregation on).
+            crop_masks: ``(R, S, S)`` region masks in crop coordinates (local aggregation on).
+        Returns:
+            T_mask ``(R, d)`` and T_pos ``(R, d)``.
+        """
+        cfg = self.config
+        dtype = vision_features[0].dtype
+        centers_sizes = box_geometry(region_masks).to(dtype)
+        s = cfg.pos_grid_size
+        grid = torch.stack([mask_coverage(m[None], (s, s))[0] for m in region_masks]).to(dtype)
+        t_pos = self.pos_branch(torch.cat([grid.flatten(1), centers_sizes], 1))
+
+        if cfg.use_local_aggregation:
+            g = sam_crop_features.shape[-1]
+            cover = mask_coverage(crop_masks, (g, g)).flatten(1).to(dtype)
+            feats = self.local_proj(sam_crop_features.flatten(2).transpose(1, 2).to(dtype))
+            pixels, pad, t0 = self._pixels(feats, cover, cfg.max_region_pixels)
+        else:
+            pix, pads, pooled = [], [], []
+            for m, i in zip(region_masks, region_image_index.tolist()):
+                vf = vision_features[i]
+                cover = mask_coverage(m[None], vf.shape[:2]).flatten(1).to(dtype)
+                feats = self.vision_proj(vf.reshape(1, -1, vf.shape[-1]))
+                p, pd, t = self._pixels(feats, cover, cfg.max_region_pixels)
+                pix.append(p[0]), pads.append(pd[0]), pooled.append(t[0])
+            pixels = nn.utils.rnn.pad_sequence(pix, batch_first=True)
+            pad = nn.utils.rnn.pad_sequence(pads, batch_first=True, padding_value=True)
+            t0 = torch.stack(pooled)
+
+        t = self.pixel_enhancement(t0, pixels, pad) if cfg.use_pixel_enhancement else t0
+        if cfg.use_semantic_guidance:
+            out = torch.empty_like(t)
+            for i in region_image_index.unique().tolist():
+                sel = (region_image_index == i).nonzero(as_tuple=True)[0]
+                out[sel] = self.semantic_guidance(t[sel], vision_features[i], centers_sizes[sel, :2])
+            t = out
+        return self.mask_out(t), t_pos

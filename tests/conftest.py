@@ -1,0 +1,43 @@
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY_TEXTS = [
+    "What is the category of <region>? Using only one word or phrase.",
+    "Can you provide me with a detailed description of the region in the picture marked by <region>?",
+    "What is the red circle in this image? Please output segmentation mask.",
+    "Sure, [SEG]. It is [SEG]. circle square triangle star ring red green blue yellow purple orange",
+    "A large red striped circle in the upper left, to the left of a blue square.",
+] * 4
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """(model, processor, folder) of a tiny random FCLM saved to disk."""
+    from fclm.model.builders import build_tiny
+
+    out = str(tmp_path_factory.mktemp("tiny") / "model")
+    model, proc = build_tiny(out, seed=0, texts=TINY_TEXTS)
+    return model, proc, out
+
+
+def make_sample(h=96, w=128, seed=0):
+    """A random image with two rectangle objects and one ellipse."""
+    from fclm.data.masks import encode_mask
+    from fclm.data.schema import ImageRef, RegionObject, Sample
+
+    rng = np.random.default_rng(seed)
+    img = (rng.random((h, w, 3)) * 255).astype(np.uint8)
+    m1 = np.zeros((h, w), bool)
+    m1[10:40, 10:50] = True
+    m2 = np.zeros((h, w), bool)
+    m2[50:90, 70:120] = True
+    yy, xx = np.mgrid[:h, :w]
+    m3 = ((yy - 30) / 15) ** 2 + ((xx - 95) / 20) ** 2 <= 1
+    objs = [RegionObject(mask=encode_mask(m), category=c, caption=f"a {c} thing")
+            for m, c in ((m1, "square"), (m2, "box"), (m3, "circle"))]
+    return Sample(id=f"s{seed}", source="test", image=ImageRef(array=img), height=h, width=w, objects=objs)

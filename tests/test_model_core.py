@@ -1,0 +1,196 @@
+"""Model core (issue 2): shapes, losses, stages, slots, errors, save/load."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_sample
+from fclm.data.schema import Example, FCLMDataError
+from fclm.model.stages import apply_stage
+
+
+def mixed_examples():
+    s1, s2 = make_sample(seed=1), make_sample(h=80, w=80, seed=2)
+    return [
+        Example("roc", s1, "What is the category of <region>? Using only one word or phrase.", "square", region_ids=[0]),
+        Example("res", s2, "What is the red circle in this image? Please output segmentation mask.", "Sure, [SEG].", target_ids=[2]),
+        Example("dlc", s1, "Describe <region>, <region> and <region>.", "a square thing", region_ids=[0, 1, 2], pair_key="p"),
+        Example("muse", s2, "Segment the square and the box.", "It is [SEG] and [SEG].", target_ids=[0, 1]),
+    ]
+
+
+def test_special_token_ids_are_single_tokens(tiny):
+    _, proc, _ = tiny
+    tok = proc.tokenizer
+    for name in ("[SEG]", "<mask>", "<pos>", "<p>", "</p>"):
+        tid = tok.convert_tokens_to_ids(name)
+        assert tok(f"a {name} b", add_special_tokens=False)["input_ids"].count(tid) == 1
+    assert proc.token_ids["seg"] == tok.convert_tokens_to_ids("[SEG]")
+
+
+def test_batch_slots_and_labels(tiny):
+    model, proc, _ = tiny
+    batch = proc(mixed_examples())
+    ids = batch["input_ids"]
+    assert int((ids == model.config.mask_token_id).sum()) == len(batch["region_masks"]) == 4
+    assert int((ids == model.config.pos_token_id).sum()) == 4
+    assert int((ids == model.config.seg_token_id).sum()) == len(batch["target_masks"]) == 3
+    # labels cover answers only: every labelled token is in the assistant part (after the last <|im_start|>)
+    im_start = proc.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    for b in range(ids.shape[0]):
+        lab = (batch["labels"][b] != -100).nonzero().flatten()
+        last_start = (ids[b] == im_start).nonzero().flatten().max()
+        assert lab.min() > last_start
+        assert proc.decode(ids[b, lab]).startswith(mixed_examples()[b].assistant)
+    assert batch["target_masks"][0].shape == (80, 80)
+
+
+def test_forward_all_losses_finite_and_differentiable(tiny):
+    model, proc, _ = tiny
+    model.train()
+    batch = proc(mixed_examples())
+    batch["latent_pairs"] = torch.tensor([[0, 2]])
+    out = model(**batch)
+    for k in ("loss_ce", "loss_dice", "loss_bce", "loss_seg", "loss_self", "loss_latent", "loss"):
+        v = getattr(out, k)
+        assert v is not None and torch.isfinite(v), k
+    assert out.logits.shape[:2] == batch["input_ids"].shape
+    for k in ("loss_ce", "loss_seg", "loss_self", "loss_latent"):
+        model.zero_grad()
+        getattr(out, k).backward(retain_graph=True)
+        g = sum(p.grad.abs().sum() for p in model.parameters() if p.grad is not None)
+        assert g > 0, k
+
+
+@pytest.mark.parametrize("stage,expected", [
+    ("stage1", {"llm", "region_extractor", "seg_projector", "mask_decoder"}),
+    ("stage2", {"llm"}),
+])
+def test_gradients_reach_exactly_the_stage_groups(tiny, stage, expected):
+    model, proc, _ = tiny
+    model.train()
+    counts = apply_stage(model, stage)
+    assert {g for g, n in counts.items() if n > 0} == expected
+    model.zero_grad(set_to_none=True)
+    batch = proc(mixed_examples())
+    batch["latent_pairs"] = torch.tensor([[0, 2]])
+    model(**batch).loss.backward()
+    for group, mods in model.module_groups().items():
+        grads = [p.grad for m in mods for p in m.parameters()]
+        got = any(g is not None and g.abs().sum() > 0 for g in grads)
+        assert got == (group in expected), group
+    model.requires_grad_(True)
+
+
+def test_teacher_forced_seg_masks_at_original_size(tiny):
+    model, proc, _ = tiny
+    model.eval()
+    exs = mixed_examples()
+    batch = proc([exs[1], exs[3]])
+    with torch.no_grad():
+        out = model(**batch)
+    assert len(out.pred_masks) == 3
+    assert [tuple(m.shape) for m in out.pred_masks] == [(80, 80)] * 3
+    assert out.seg_queries.shape == (3, model.config.text_config.hidden_size)
+    assert out.seg_image_index.tolist() == [0, 1, 1]
+
+
+def test_sam_embedding_computed_once_per_image(tiny, monkeypatch):
+    model, proc, _ = tiny
+    model.eval()
+    calls = []
+    orig = model.sam.vision_encoder.forward
+
+    def counting(px, *a, **k):
+        calls.append(px.shape[0])
+        return orig(px, *a, **k)
+
+    monkeypatch.setattr(model.sam.vision_encoder, "forward", counting)
+    batch = proc([mixed_examples()[3]])  # one image, two [SEG] queries
+    with torch.no_grad():
+        model(**batch)
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(use_local_aggregation=False, use_pixel_enhancement=False, use_semantic_guidance=False),
+    dict(use_local_aggregation=False),
+    dict(use_pixel_enhancement=False),
+    dict(visual_prompt="mask"),
+    dict(visual_prompt="pos"),
+    dict(latent_loss="kl", latent_space="llm"),
+    dict(latent_loss="mse"),
+])
+def test_ablation_configs_run(overrides):
+    from conftest import TINY_TEXTS
+    from fclm.model.builders import build_tiny
+
+    model, proc = build_tiny(texts=TINY_TEXTS, **overrides)
+    batch = proc(mixed_examples())
+    batch["latent_pairs"] = torch.tensor([[0, 2]])
+    out = model(**batch)
+    assert torch.isfinite(out.loss)
+    assert ("region_crop_pixel_values" in batch) == model.config.use_local_aggregation
+
+
+def test_save_load_bit_identical(tiny):
+    from fclm.model.builders import load_fclm
+
+    model, proc, folder = tiny
+    model.eval()
+    loaded, proc2 = load_fclm(folder)
+    batch = proc(mixed_examples())
+    batch2 = proc2(mixed_examples())
+    assert torch.equal(batch["input_ids"], batch2["input_ids"])
+    with torch.no_grad():
+        a, b = model(**batch), loaded(**batch2)
+    assert torch.equal(a.logits, b.logits)
+    assert all(torch.equal(x, y) for x, y in zip(a.pred_masks, b.pred_masks))
+
+
+def test_auto_model_loads(tiny):
+    import transformers
+
+    import fclm  # noqa: F401  (registers the Auto classes)
+
+    _, _, folder = tiny
+    m = transformers.AutoModel.from_pretrained(folder)
+    assert type(m).__name__ == "FCLMForConditionalGeneration"
+    assert transformers.AutoConfig.from_pretrained(folder).model_type == "fclm"
+
+
+def test_clear_errors(tiny):
+    _, proc, _ = tiny
+    s = make_sample(seed=3)
+    with pytest.raises(FCLMDataError, match="2 <region> slots but 1 region masks"):
+        proc([Example("dlc", s, "Compare <region> and <region>.", "x", region_ids=[0])])
+    from fclm.data.masks import encode_mask
+    s.objects[1].mask = encode_mask(np.zeros((s.height, s.width), bool))
+    with pytest.raises(FCLMDataError, match="region mask 0 is empty"):
+        proc([Example("roc", s, "What is <region>?", "box", region_ids=[1])])
+    s.objects[1].mask = encode_mask(np.ones((10, 10), bool))
+    with pytest.raises(FCLMDataError, match="region mask 0 has size 10x10 but the image is 128x96"):
+        proc([Example("roc", s, "What is <region>?", "box", region_ids=[1])])
+    with pytest.raises(FCLMDataError, match="answer has 0 \\[SEG\\] tokens but 1 target masks"):
+        proc([Example("res", s, "Segment the square.", "Sure, it is the square.", target_ids=[0])])
+    with pytest.raises(FCLMDataError, match="test:s3"):
+        proc([Example("res", s, "Segment the square.", "Sure.", target_ids=[0])])
+
+
+def test_model_rejects_mismatched_slots(tiny):
+    model, proc, _ = tiny
+    batch = proc([mixed_examples()[0]])
+    batch["region_masks"] = []
+    with pytest.raises(ValueError, match="1 <mask> and 1 <pos> slots but 0 region masks"):
+        model(**batch)
+
+
+def test_more_than_five_targets_subsampled(tiny):
+    model, proc, _ = tiny
+    model.train()
+    s = make_sample(seed=4)
+    ex = Example("muse", s, "Segment everything.", " ".join(["[SEG]"] * 7), target_ids=[0, 1, 2, 0, 1, 2, 0])
+    batch = proc([ex])
+    torch.manual_seed(0)
+    keep = model._subsample_targets(torch.zeros(7, dtype=torch.long))
+    assert len(keep) == 5 and len(set(keep.tolist())) == 5
+    assert torch.isfinite(model(**batch).loss_seg)

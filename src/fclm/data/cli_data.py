@@ -1,0 +1,135 @@
+"""``fclm data check``: read datasets end to end, report records / objects / skips by reason."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("data", help="dataset tools")
+    sub = p.add_subparsers(dest="data_command", required=True)
+    c = sub.add_parser("check", help="read datasets and report records, objects and skipped bad records",
+                       description=__doc__)
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="loader name (see docs/data.md)")
+    src.add_argument("--config", help="training YAML with data.data_root and data.datasets (or data.sources)")
+    c.add_argument("--root", help="data root (with --dataset; overrides the config's data_root)")
+    c.add_argument("--split", help="split (default: the loader's default)")
+    c.add_argument("--json", dest="json_out", help="also write the report as JSON to this file")
+    c.add_argument("--show", type=int, default=0, help="write N sample overlays per dataset (PNG)")
+    c.add_argument("--out", help="folder for --show overlays")
+    c.add_argument("--limit", type=int, default=None, help="read at most this many records per dataset")
+    c.add_argument("--no-check-images", action="store_true", help="do not check that image files exist")
+    c.set_defaults(func=run_check)
+
+
+def _datasets_from_config(path: str, root: str | None) -> tuple[str, list[dict]]:
+    import yaml
+
+    with open(path) as f:
+        cfg = yaml.safe_load(f) or {}
+    data = cfg.get("data", cfg)
+    root = root or data.get("data_root")
+    if not root:
+        raise SystemExit(f"{path}: no data.data_root (and no --root)")
+    items = data.get("datasets") or data.get("sources") or []
+    if not items:
+        raise SystemExit(f"{path}: no data.datasets (or data.sources) list")
+    out = []
+    for d in items:
+        if d["name"] == "synthetic":
+            continue
+        opts = dict(d.get("options") or d.get("kwargs") or {})
+        if d.get("root"):  # a source's own root, relative to data_root
+            opts["_root"] = os.path.join(root, d["root"])
+        out.append({"name": d["name"], "split": d.get("split"), **opts})
+    return root, out
+
+
+def _label(sample, i: int, ob) -> str:
+    text = ob.category or (ob.expressions[0] if ob.expressions else None) or ob.caption or ""
+    return f"[{i}] {text}"
+
+
+def _show(sample, out_dir: str, k: int) -> str:
+    from .masks import box_to_mask, decode_rle
+    from .overlay import draw_overlay
+
+    img = sample.image.open()
+    masks, labels = [], []
+    for i, ob in enumerate(sample.objects[:18]):
+        if ob.mask is not None:
+            masks.append(decode_rle(ob.mask))
+        elif ob.box is not None:
+            masks.append(box_to_mask(ob.box, sample.height, sample.width))
+        else:
+            continue
+        labels.append(_label(sample, i, ob))
+    title = sample.caption or (sample.questions[0].text if sample.questions else None) or \
+        (" | ".join(f"{t.role}: {t.text}" for t in sample.dialogue[:2]) if sample.dialogue else None)
+    if img.size != (sample.width, sample.height):
+        img = img.resize((sample.width, sample.height))
+    path = os.path.join(out_dir, f"{sample.source}_{k:03d}.png")
+    draw_overlay(img, masks, labels, title=f"{sample.id}: {title}" if title else sample.id).save(path)
+    return path
+
+
+def run_check(args) -> int:
+    from .formats.registry import load_dataset
+    from .schema import FCLMDataError
+
+    if args.dataset:
+        if not args.root:
+            raise SystemExit("fclm data check: --dataset needs --root")
+        root, items = args.root, [{"name": args.dataset, "split": args.split}]
+    else:
+        root, items = _datasets_from_config(args.config, args.root)
+    if args.show and not args.out:
+        raise SystemExit("fclm data check: --show needs --out DIR")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+
+    report, failed = {"data_root": root, "datasets": []}, 0
+    for item in items:
+        name, split = item.pop("name"), item.pop("split", None)
+        ds_root = item.pop("_root", root)
+        entry = {"name": name, "split": split}
+        try:
+            reader = load_dataset(name, ds_root, split, check_images=not args.no_check_images, **item)
+            entry["split"] = reader.split
+            shown = 0
+            for n, sample in enumerate(reader):
+                if shown < args.show:
+                    try:
+                        entry.setdefault("overlays", []).append(_show(sample, args.out, shown))
+                    except FCLMDataError as e:
+                        print(f"  {name}: cannot draw {sample.id}: {e}", file=sys.stderr)
+                    shown += 1
+                if args.limit is not None and n + 1 >= args.limit:
+                    break
+            entry.update(reader.stats.to_dict())
+        except (FileNotFoundError, FCLMDataError, ValueError) as e:
+            entry["error"] = str(e)
+            failed += 1
+        report["datasets"].append(entry)
+        _print_entry(entry)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(report, f, indent=2)
+    return 1 if failed else 0
+
+
+def _print_entry(e: dict) -> None:
+    head = f"{e['name']} [{e.get('split')}]"
+    if "error" in e:
+        print(f"{head}: ERROR {e['error']}")
+        return
+    print(f"{head}: {e['records']} records, {e['objects']} objects, "
+          f"{sum(e['skipped'].values())} skipped records")
+    for reason, n in e["skipped"].items():
+        print(f"    skipped record  {n:>8}  {reason}")
+    for reason, n in e["skipped_objects"].items():
+        print(f"    skipped object  {n:>8}  {reason}")
+    for p in e.get("overlays", []):
+        print(f"    overlay {p}")

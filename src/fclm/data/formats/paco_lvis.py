@@ -1,0 +1,83 @@
+"""PACO-LVIS training data and the ROC evaluation files (Osprey's LVIS / PACO 1k subsets).
+
+* ``paco_lvis``: ``<root>/paco/paco_lvis_v1_{split}.json`` (COCO format; images from COCO 2017).
+  Category names ``obj`` or ``obj:part`` with ``_(...)`` disambiguators stripped.
+* ``roc_lvis`` / ``roc_paco``: ``<root>/paco/{lvis,paco}_val_1k_category.json``: a list of
+  {file_name, height, width, categories: [str], annotations: [{segmentation}]}, categories[i] ↔
+  annotations[i]; images from ``<root>/coco/val2017`` by default. Ground-truth categories are kept
+  as published (the ROC metric cleans them).
+"""
+from __future__ import annotations
+
+import os
+
+from ..schema import ImageRef, RegionObject, Sample
+from .base import IndexedReader, SkipObject, SkipRecord, as_int, read_json, require
+from .coco import CocoFile, ann_to_object, coco_image_path, image_objects, seg_to_rle
+
+
+class CocoCategoryReader(IndexedReader):
+    """Any COCO instance file whose objects carry a category label (PACO-LVIS)."""
+
+    def __init__(self, name: str, root: str, split: str = "train", *, ann_file: str | None = None,
+                 coco_root: str | None = None, image_subdir: str | None = None, check_images: bool = False):
+        super().__init__(name, split, check_images)
+        self.source = ann_file or os.path.join(root, "paco", f"paco_lvis_v1_{split}.json")
+        self.coco_root = coco_root or os.path.join(root, "coco")
+        self.image_subdir = image_subdir or ("train2017" if split == "train" else "val2017")
+
+    def _load(self) -> list:
+        self.coco = CocoFile(self.source)
+        return [im for im in self.coco.images if self.coco.anns_by_image.get(im.get("id"))]
+
+    def _parse(self, index: int, img: dict) -> Sample:
+        h, w = self.coco.image_size(img)
+
+        def build(ann):
+            name = self.coco.category_name(ann)
+            if not name:
+                raise SkipObject("unknown category", f"category_id {ann.get('category_id')}")
+            return ann_to_object(ann, h, w, category=name)
+
+        objs = image_objects(self.stats, self._where(index), self.coco.anns_by_image[img["id"]], build)
+        path = coco_image_path(self.coco_root, img.get("file_name"), self.image_subdir, img.get("coco_url"))
+        return Sample(id=f"{self.name}_{img['id']}", source=self.name, image=ImageRef(path=path),
+                      height=h, width=w, objects=objs, split=self.split, extra={"image_id": img["id"]})
+
+
+ROC_FILES = {"roc_lvis": "lvis_val_1k_category.json", "roc_paco": "paco_val_1k_category.json"}
+
+
+class RocEvalReader(IndexedReader):
+    """Osprey's ROC eval lists: one sample per image, object i labelled ``categories[i]``."""
+
+    def __init__(self, name: str, root: str, split: str = "val", *, ann_file: str | None = None,
+                 coco_root: str | None = None, image_subdir: str = "val2017", check_images: bool = False):
+        super().__init__(name, split, check_images)
+        self.source = ann_file or os.path.join(root, "paco", ROC_FILES[name])
+        self.coco_root = coco_root or os.path.join(root, "coco")
+        self.image_subdir = image_subdir
+
+    def _load(self) -> list:
+        data = read_json(self.source)
+        if not isinstance(data, list):
+            raise SkipRecord("malformed file", f"{self.source}: expected a list of records")
+        return data
+
+    def _parse(self, index: int, rec: dict) -> Sample:
+        h, w = as_int(rec.get("height"), "height"), as_int(rec.get("width"), "width")
+        cats, anns = rec.get("categories") or [], rec.get("annotations") or []
+        require(bool(anns), "no objects")
+        require(len(cats) == len(anns), "categories/annotations mismatch",
+                f"{len(cats)} categories, {len(anns)} annotations")
+        objs = []
+        for j, (cat, ann) in enumerate(zip(cats, anns)):
+            try:  # eval ids are object indices: a bad object invalidates the record
+                objs.append(RegionObject(mask=seg_to_rle(ann.get("segmentation"), h, w), category=str(cat),
+                                         extra={"ann_id": ann["id"]} if "id" in ann else {}))
+            except SkipObject as e:
+                raise SkipRecord(e.reason, f"annotation {j}: {e.detail}") from None
+        path = coco_image_path(self.coco_root, rec.get("file_name"), self.image_subdir, rec.get("coco_url"))
+        sid = rec.get("image_id", rec.get("id", index))
+        return Sample(id=f"{self.name}_{sid}", source=self.name, image=ImageRef(path=path), height=h,
+                      width=w, objects=objs, split=self.split, extra={"file_name": rec.get("file_name")})

@@ -1,0 +1,138 @@
+"""GCG metrics (GLaMM protocol): tag stripping, greedy mIoU / recall, AP50 and captions vs references."""
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+
+from fclm.data.masks import encode_mask
+from fclm.eval.metrics import gcg
+from fclm.eval.metrics.gcg import (GCGImage, GCGPrediction, caption_scores, evaluate_gcg, extract_phrases,
+                                   greedy_miou, greedy_text_matches, mask_ap50, strip_tags)
+
+
+class TableEncoder:
+    name = "table"
+
+    def __init__(self, table):
+        self.table = table
+
+    def encode(self, texts):
+        v = np.array([self.table[t] for t in texts], dtype=float)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def box(h, w, y0, y1, x0, x1):
+    m = np.zeros((h, w), np.uint8)
+    m[y0:y1, x0:x1] = 1
+    return encode_mask(m)
+
+
+def test_strip_tags_and_phrases_like_glamm():
+    t = "<p> A man </p> [SEG] is riding <p> a horse </p> [SEG].\n"
+    assert strip_tags(t) == "A man is riding a horse ."
+    assert extract_phrases(t) == ["A man", "a horse"]
+    assert strip_tags("'quoted'") == "quoted"
+
+
+def test_greedy_miou_known_answers():
+    assert greedy_miou(np.array([[0.9, 0.8], [0.85, 0.1]])) == pytest.approx(0.5)  # greedy, not Hungarian
+    assert greedy_miou(np.array([[0.9], [0.9]])) == pytest.approx(0.9)  # duplicate prediction: one pair
+    assert greedy_miou(np.zeros((2, 2))) == 0.0
+    assert greedy_miou(np.zeros((0, 3))) == 0.0  # no prediction
+
+
+def test_greedy_text_matches_known_answers():
+    ious = np.array([[0.9, 0.6], [0.7, 0.55]])
+    assert greedy_text_matches(ious, np.array([[0.9, 0.1], [0.2, 0.8]])) == [(0, 0), (1, 1)]
+    assert greedy_text_matches(ious, np.array([[0.9, 0.1], [0.2, 0.3]])) == [(0, 0)]
+    # the reference stops at the first failing pair even if a later one would pass
+    assert greedy_text_matches(np.array([[0.9, 0], [0, 0.8]]), np.array([[0.1, 0], [0, 0.9]])) == []
+    with pytest.raises(IndexError):  # more predicted masks than phrases
+        greedy_text_matches(np.array([[0.2, 0.9]]), np.array([[1.0]]))
+
+
+def _fixture():
+    h, w = 20, 20
+    images = [
+        GCGImage("img1", ["a man rides a horse"], ["a man", "a horse"],
+                 [box(h, w, 0, 10, 0, 10), box(h, w, 10, 20, 10, 20)]),
+        GCGImage("img2", ["a red car"], ["a red car"], [box(h, w, 0, 20, 0, 10)]),
+        GCGImage("img3", ["the sky"], ["the sky"], [box(h, w, 0, 5, 0, 20)]),
+    ]
+    preds = {
+        # exact man; horse mask IoU 50/100; and a duplicate of the man mask
+        "img1": GCGPrediction("img1", "a man rides a horse", ["a man", "a horse", "a man"],
+                              [box(h, w, 0, 10, 0, 10), box(h, w, 10, 15, 10, 20), box(h, w, 0, 10, 0, 10)]),
+        # right place, wrong phrase
+        "img2": GCGPrediction("img2", "a blue boat", ["a boat"], [box(h, w, 0, 20, 0, 10)]),
+        # img3: no prediction
+    }
+    return images, preds
+
+
+def test_evaluate_gcg_miou_and_recall_known_answer():
+    images, preds = _fixture()
+    enc = TableEncoder({"a man": [1, 0, 0], "a horse": [0, 1, 0], "a red car": [0, 0, 1],
+                        "a boat": [0, 1, 0.1], "the sky": [1, 1, 1]})
+    r = evaluate_gcg(images, preds, text_encoder=enc, captions=False)
+    m = r["metrics"]
+    # mIoU: img1 greedy pairs 1.0 (man) and 0.5 (horse) -> 0.75; img2 1.0; img3 0
+    assert m["mIoU"] == pytest.approx(100 * (0.75 + 1.0 + 0.0) / 3)
+    # recall: img1 man (IoU 1, sim 1) and horse (IoU 0.5, sim 1); img2 phrase sim ~0.1 -> 0 of 1; img3 0
+    assert m["Recall"] == pytest.approx(100 * 2 / 4)
+    assert r["counts"]["gt_phrases"] == 4 and r["counts"]["predicted_images"] == 2
+
+
+def test_ap50_matches_pycocotools_glamm_pipeline(tmp_path):
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    images, preds = _fixture()
+    got = mask_ap50(images, preds)
+    # the reference: GT json on disk, predictions via loadRes, every score 1.0, catIds [1], stats[1]
+    from pycocotools import mask as mu
+    gt = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "object"}]}
+    for k, im in enumerate(images, 1):
+        gt["images"].append({"id": k, "height": 20, "width": 20})
+        for m in im.masks:
+            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": k, "category_id": 1,
+                                      "segmentation": m, "area": float(mu.area(
+                                          {"size": m["size"], "counts": m["counts"].encode()})),
+                                      "bbox": [0, 0, 1, 1], "iscrowd": 0})
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    dets = [{"image_id": k, "category_id": 1, "segmentation": m, "score": 1.0}
+            for k, im in enumerate(images, 1) if im.id in preds for m in preds[im.id].masks]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(tmp_path / "gt.json"))
+        ev = COCOeval(coco, coco.loadRes(dets), "segm")
+        ev.params.catIds = [1]
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+    assert got == pytest.approx(100 * ev.stats[1])
+    assert 0 < got < 100
+    perfect = {im.id: GCGPrediction(im.id, "", [], list(im.masks)) for im in images}
+    assert mask_ap50(images, perfect) == pytest.approx(100.0)
+    assert mask_ap50(images, {}) == 0.0
+
+
+def test_caption_scores_match_pycocoevalcap():
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    refs = {"a": ["A man is riding a brown horse on the beach."], "b": ["A red car parked on a street."],
+            "c": ["Two dogs play in the snow."]}
+    cands = {"a": "A man rides a horse on a beach.", "b": "A blue boat on the water.", "c": "Two dogs play in the snow."}
+    got = caption_scores(refs, cands)
+    with contextlib.redirect_stdout(io.StringIO()):
+        tok = PTBTokenizer()
+        g = tok.tokenize({k: [{"caption": c} for c in v] for k, v in refs.items()})
+        r = tok.tokenize({k: [{"caption": v}] for k, v in cands.items()})
+        meteor = gcg.shared_meteor()  # the same pycocoevalcap Meteor class, one Java start for the test
+        assert isinstance(meteor, Meteor)
+        met, _ = meteor.compute_score(g, r)
+        cid, _ = Cider().compute_score(g, r)
+    assert got["METEOR"] == pytest.approx(100 * met)
+    assert got["CIDEr"] == pytest.approx(100 * cid)
+    assert got["METEOR"] > 0 and got["CIDEr"] > 0

@@ -32,7 +32,15 @@ def default_tiny_corpus() -> list[str]:
     from ..data import prompts
     from ..data.synthetic import generate_scenes
 
-    texts = [str(v) for v in prompts.all_templates()]
+    texts = []
+    for value in vars(prompts).values():  # every template string of the prompts module
+        if isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, (list, tuple)):
+            texts += [v for v in value if isinstance(v, str)]
+        elif isinstance(value, dict):
+            for v in value.values():
+                texts += [v] if isinstance(v, str) else [x for x in v if isinstance(x, str)] if isinstance(v, (list, tuple)) else []
     for s in generate_scenes(200, "train", seed=12345):
         texts += [s.caption or ""] + [q.text for q in s.questions] + [q.answer or "" for q in s.questions]
         for ob in s.objects:

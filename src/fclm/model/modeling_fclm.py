@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import Qwen2_5_VLForConditionalGeneration, SamModel
+from transformers.models.sam.modeling_sam import SamPositionalEmbedding
 from transformers.utils import ModelOutput
 
 from .configuration_fclm import FCLMConfig
@@ -58,6 +59,13 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         self.region_extractor = HybridRegionExtractor(config)
         self.seg_projector = SegProjector(config.llm_hidden_size, config.sam_prompt_size)
         self.post_init()
+        # SAM's random Fourier position features: transformers scales them by vision hidden/2 (32 for
+        # a width-64 encoder), which aliases on a small grid; segment-anything draws them with unit
+        # variance. Only random initialisation is affected: checkpoints load their own values.
+        with torch.no_grad():
+            for m in self.sam.modules():
+                if isinstance(m, SamPositionalEmbedding) and not m.positional_embedding.is_meta:
+                    m.positional_embedding.normal_(0.0, 1.0)
 
     # ------------------------------------------------------------------ pieces
     def module_groups(self) -> dict[str, list[nn.Module]]:

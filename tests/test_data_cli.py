@@ -96,8 +96,15 @@ def test_shipped_configs_name_real_loaders():
     root = pathlib.Path(__file__).resolve().parents[1] / "configs" / "train"
     for stage, total in (("stage1", 688390), ("stage2", 703823)):
         data = yaml.safe_load((root / f"fclm-3b-{stage}.yaml").read_text())["data"]
-        assert all(d["name"] in LOADERS for d in data["datasets"])
-        assert sum(d["weight"] for d in data["datasets"]) == total
+        assert all(d["name"] in LOADERS for d in data["sources"])
+        assert sum(d["weight"] for d in data["sources"]) == total
+    # and they are valid training configs whose tasks exist
+    from fclm.data.tasks import BUILDERS
+    from fclm.train.config import load_train_config
+
+    for stage in ("stage1", "stage2"):
+        cfg = load_train_config(str(root / f"fclm-3b-{stage}.yaml"))
+        assert all(t in BUILDERS or t == "pair_stage2" for s in cfg.data.sources for t in s.tasks)
 
 
 def test_draw_overlay():

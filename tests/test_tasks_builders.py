@@ -33,7 +33,7 @@ def test_table12_counts_and_text():
     assert P.DLRES_QUESTIONS == ("{caption}. Please respond with segmentation mask.", "{caption}. Please output segmentation mask.")
     assert P.DLRES_ANSWERS == ("It is [SEG].", "Sure, [SEG].", "Sure, it is [SEG].", "Sure, the segmentation result is [SEG].", "[SEG].")
     assert len(P.GCG_QUESTIONS) == 6 and len(P.LISA_SHORT_QUESTION_LIST) == 4
-    assert set(EVAL_TASKS) | {"region_seg"} == set(P.EVAL_TEMPLATES)
+    assert set(EVAL_TASKS) | {"region_seg", "region_caption"} == set(P.EVAL_TEMPLATES)
     for t in list(P.RES_QUESTIONS) + list(P.REASONSEG_QUESTIONS) + list(P.GCG_QUESTIONS):
         assert "<image" not in t
 

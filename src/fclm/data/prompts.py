@@ -129,6 +129,13 @@ ROC_QUESTIONS: tuple[str, ...] = (
     "Name the object in <region> with a single word or phrase.",
 )
 DLC_EVAL_QUESTION = DLC_QUESTIONS[0]
+#: short region captions (Visual Genome-style; Osprey's brief-description form; ours)
+REGION_CAPTION_QUESTIONS: tuple[str, ...] = (
+    "Please give me a short description of <region>.",
+    "Can you give a brief description of the region <region>?",
+    "Describe <region> in a few words.",
+    "What is in the region <region>? Answer briefly.",
+)
 #: region in, mask out (ours; seed §S3.3 names the task). ``{attr}``: colour, shape, size, pattern
 REGION_SEG_IDENTITY: tuple[str, ...] = (
     "Please segment <region>.",
@@ -155,6 +162,7 @@ EVAL_TEMPLATES: dict[str, tuple[str, str]] = {
     "dlres": ("{caption}. Please output segmentation mask.", "Sure, [SEG]."),
     "roc": ("What is the category of <region>? Using only one word or phrase.", "{label}"),
     "dlc": (DLC_EVAL_QUESTION, "{caption}"),
+    "region_caption": (REGION_CAPTION_QUESTIONS[0], "{expr}"),
     "gcg": (GCG_QUESTIONS[0], "{caption}"),
     "region_seg": ("Please segment the object that has the same {attr} as <region>.", "Sure, {segs}."),
 }

@@ -28,7 +28,7 @@ from ..eval.queries import Query, iter_queries
 from . import prompts as P
 from .schema import Example, FCLMDataError, RegionObject, Sample
 
-TASK_NAMES = ("res", "reasonseg", "muse", "dlres", "roc", "dlc", "gcg", "region_seg", "conversation")
+TASK_NAMES = ("res", "reasonseg", "muse", "dlres", "roc", "dlc", "region_caption", "gcg", "region_seg", "conversation")
 
 NO_TARGET_ANSWER = "There is no such object in the image."  # ours: a grounding query with no target
 
@@ -247,6 +247,14 @@ def build_dlc(sample: Sample, rng=None, eval: bool = False) -> list[Example]:
     return [_dlc_example(sample, i, rng) for i, ob in enumerate(sample.objects) if ob.caption]
 
 
+def build_region_caption(sample: Sample, rng=None, eval: bool = False) -> list[Example]:
+    """Short region captions (Visual Genome region descriptions): region in, a referring phrase out."""
+    q = P.REGION_CAPTION_QUESTIONS[0] if eval else None
+    return [Example("region_caption", sample, q or _choice(rng, P.REGION_CAPTION_QUESTIONS),
+                    (ob.expressions[0] if eval else _choice(rng, ob.expressions)).strip(), region_ids=[i])
+            for i, ob in enumerate(sample.objects) if ob.expressions]
+
+
 def build_roc(sample: Sample, rng=None, eval: bool = False) -> list[Example]:
     """Referring object classification: one example per object with a category; the answer is the label."""
     if eval:
@@ -361,6 +369,7 @@ BUILDERS: dict[str, Callable[..., list[Example]]] = {
     "dlres": build_dlres,
     "roc": build_roc,
     "dlc": build_dlc,
+    "region_caption": build_region_caption,
     "gcg": build_gcg,
     "region_seg": build_region_seg,
     "conversation": build_conversation,

@@ -41,7 +41,7 @@ def default_tiny_corpus() -> list[str]:
         elif isinstance(value, dict):
             for v in value.values():
                 texts += [v] if isinstance(v, str) else [x for x in v if isinstance(x, str)] if isinstance(v, (list, tuple)) else []
-    for s in generate_scenes(200, "train", seed=12345):
+    for s in generate_scenes(100, "train", seed=12345):
         texts += [s.caption or ""] + [q.text for q in s.questions] + [q.answer or "" for q in s.questions]
         for ob in s.objects:
             texts += list(ob.expressions) + [ob.caption or "", ob.category or ""]

@@ -59,13 +59,28 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         self.region_extractor = HybridRegionExtractor(config)
         self.seg_projector = SegProjector(config.llm_hidden_size, config.sam_prompt_size)
         self.post_init()
-        # SAM's random Fourier position features: transformers scales them by vision hidden/2 (32 for
-        # a width-64 encoder), which aliases on a small grid; segment-anything draws them with unit
-        # variance. Only random initialisation is affected: checkpoints load their own values.
-        with torch.no_grad():
-            for m in self.sam.modules():
-                if isinstance(m, SamPositionalEmbedding) and not m.positional_embedding.is_meta:
+        self._init_non_qwen_modules()
+
+    @torch.no_grad()
+    def _init_non_qwen_modules(self) -> None:
+        """PyTorch's default initialisation for SAM and FCLM's new modules (as segment-anything does).
+
+        ``post_init`` applies Qwen's N(0, 0.02) to every Linear, which feeds near-zero vectors into
+        the LayerNorms of SAM's neck and of the region extractor and blows their gradients up by
+        ~10⁵ at random init (a global gradient clip then freezes every other module). Only random
+        initialisation is affected: checkpoints load their own values afterwards.
+        """
+        for root in (self.sam, self.region_extractor, self.seg_projector):
+            for m in root.modules():
+                if isinstance(m, nn.MultiheadAttention):
+                    m._reset_parameters()
+                elif hasattr(m, "reset_parameters") and not isinstance(m, (Qwen2_5_VLForConditionalGeneration,)):
+                    m.reset_parameters()
+                if isinstance(m, SamPositionalEmbedding):
+                    # transformers scales these Fourier features by hidden/2 (aliasing on a small
+                    # grid); segment-anything draws them with unit variance
                     m.positional_embedding.normal_(0.0, 1.0)
+        self.region_extractor.semantic_guidance.reset_offsets()
 
     # ------------------------------------------------------------------ pieces
     def module_groups(self) -> dict[str, list[nn.Module]]:

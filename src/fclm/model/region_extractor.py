@@ -87,10 +87,17 @@ class DeformableGuidance(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.ffn = Mlp([width, 4 * width, width])
         self.norm2 = nn.LayerNorm(width)
+        self.reset_offsets()
+
+    @torch.no_grad()
+    def reset_offsets(self) -> None:
+        """Initial sampling points on a ring of one cell around the reference (Deformable DETR)."""
+        if self.offsets.weight.is_meta:
+            return
         nn.init.zeros_(self.offsets.weight)
-        with torch.no_grad():  # initial sampling points on a small ring around the reference
-            angles = torch.arange(heads * points, dtype=torch.float32) * (2 * torch.pi / (heads * points))
-            self.offsets.bias.copy_(torch.stack([angles.cos(), angles.sin()], -1).flatten())
+        n = self.heads * self.points
+        angles = torch.arange(n, dtype=torch.float32) * (2 * torch.pi / n)
+        self.offsets.bias.copy_(torch.stack([angles.cos(), angles.sin()], -1).flatten())
 
     def forward(self, query: torch.Tensor, feature_map: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
         """

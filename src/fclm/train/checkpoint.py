@@ -78,7 +78,10 @@ def load_training_state(ckpt: str, model, optimizer, scheduler) -> dict:
         if f.endswith(".safetensors"):
             weights.update(load_file(os.path.join(mdir, f)))
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing = [k for k in missing if k != "lm_head.weight"]  # tied to the embeddings
+    # tied weights (lm_head ↔ embeddings, SAM's shared positional embedding) are saved once
+    state = model.state_dict()
+    loaded = {state[k].data_ptr() for k in weights if k in state}
+    missing = [k for k in missing if state[k].data_ptr() not in loaded]
     if missing or unexpected:
         raise ValueError(f"{ckpt}: checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     optimizer.load_state_dict(torch.load(os.path.join(ckpt, "optimizer.pt"), weights_only=True))

@@ -40,7 +40,6 @@ class DataSection:
     sources: list[SourceSection] = field(default_factory=list)
     synthetic: dict[str, Any] = field(default_factory=dict)  # {num_scenes, seed, image_size, ...}
     pair_stage2: bool = False  # each region → one DLC + one DL-RES example (latent pairs)
-    datasets: list[dict] = field(default_factory=list)  # Table-7 listing (used by `fclm data check`)
 
 
 @dataclass
@@ -94,6 +93,11 @@ def _build(cls, data: dict, where: str):
             kw[k] = [_build(SourceSection, s, f"{where}: sources[{i}]") for i, s in enumerate(v or [])]
         elif k == "betas":
             kw[k] = tuple(float(x) for x in v)
+        elif names[k].type == "float" and isinstance(v, str):  # YAML 1.1 reads 1e-4 (no dot) as text
+            try:
+                kw[k] = float(v)
+            except ValueError:
+                raise ValueError(f"{where}: {k} must be a number, got {v!r}") from None
         else:
             kw[k] = v
     try:

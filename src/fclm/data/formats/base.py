@@ -182,6 +182,26 @@ class IndexedReader(DatasetReader):
                 yield s
 
 
+class JsonListReader(IndexedReader):
+    """Records are the items of one JSON list file, ``self.source``."""
+
+    def _load(self) -> list:
+        data = read_json(self.source)
+        if not isinstance(data, list):
+            raise SkipRecord("malformed file", f"{self.source}: expected a list of records")
+        return data
+
+
+class CocoImagesReader(IndexedReader):
+    """Records are the images of a COCO-format file (``self.source``) that have annotations."""
+
+    def _load(self) -> list:
+        from .coco import CocoFile
+
+        self.coco = CocoFile(self.source)
+        return [im for im in self.coco.images if self.coco.anns_by_image.get(im.get("id"))]
+
+
 # ---------------------------------------------------------------------------------------------
 # file reading
 

@@ -19,8 +19,7 @@ from __future__ import annotations
 import os
 
 from ..schema import ImageRef, Phrase, RegionObject, Sample
-from .base import (IndexedReader, SkipObject, SkipRecord, as_int, image_size_from_file, read_json,
-                   require)
+from .base import IndexedReader, JsonListReader, SkipObject, SkipRecord, as_int, image_size_from_file, require
 from .coco import CocoFile, ann_to_object, merge_rles, seg_to_rle
 
 GCG_FILES = {
@@ -53,19 +52,13 @@ def sorted_sample(sample: Sample) -> Sample:
     return sample
 
 
-class _GcgBase(IndexedReader):
+class _GcgBase(JsonListReader):
     def __init__(self, name: str, root: str, split: str = "train", *, ann_file: str | None = None,
                  image_dir: str | None = None, check_images: bool = False):
         super().__init__(name, split, check_images)
         fname, idir = GCG_FILES[name]
         self.source = ann_file or os.path.join(root, "GranDf", "annotations", "train", fname.format(split=split))
         self.image_dir = image_dir or os.path.join(root, *idir.format(split=split).split("/"))
-
-    def _load(self) -> list:
-        data = read_json(self.source)
-        if not isinstance(data, list):
-            raise SkipRecord("malformed file", f"{self.source}: expected a list of records")
-        return data
 
 
 class GroundingsReader(_GcgBase):

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 
 from ..schema import ImageRef, Question, Sample
-from .base import IndexedReader, SkipObject, SkipRecord, as_int, read_json, require
+from .base import JsonListReader, SkipObject, as_int, require
 from .coco import ann_to_object, clean_category, coco_image_path
 
 SPLITS = ("train", "val", "test_less", "test_many")
 
 
-class MuseReader(IndexedReader):
+class MuseReader(JsonListReader):
     def __init__(self, name: str, root: str, split: str = "train", *, ann_file: str | None = None,
                  coco_root: str | None = None, image_subdir: str = "train2017", check_images: bool = False):
         super().__init__(name, split, check_images)
@@ -25,12 +25,6 @@ class MuseReader(IndexedReader):
         self.source = ann_file or os.path.join(root, "muse", f"muse_{split}.json")
         self.coco_root = coco_root or os.path.join(root, "coco")
         self.image_subdir = image_subdir
-
-    def _load(self) -> list:
-        data = read_json(self.source)
-        if not isinstance(data, list):
-            raise SkipRecord("malformed file", f"{self.source}: expected a list of records")
-        return data
 
     def _parse(self, index: int, rec: dict) -> Sample:
         h, w = as_int(rec.get("height"), "height"), as_int(rec.get("width"), "width")

@@ -15,7 +15,7 @@ import os
 import re
 
 from ..schema import ImageRef, RegionObject, Sample, Turn
-from .base import IndexedReader, SkipObject, SkipRecord, as_int, read_json, require
+from .base import JsonListReader, SkipObject, SkipRecord, as_int, require
 from .coco import coco_image_path, seg_to_rle
 
 FILES = {
@@ -78,19 +78,13 @@ def convert_region_tags(text: str, n_regions: int, ids: list[int], state: dict) 
     return "".join(out).strip()
 
 
-class OspreyReader(IndexedReader):
+class OspreyReader(JsonListReader):
     def __init__(self, name: str, root: str, split: str = "train", *, ann_file: str | None = None,
                  coco_root: str | None = None, image_subdir: str = "train2017", check_images: bool = False):
         super().__init__(name, split, check_images)
         self.source = ann_file or os.path.join(root, "osprey", FILES[name])
         self.coco_root = coco_root or os.path.join(root, "coco")
         self.image_subdir = image_subdir
-
-    def _load(self) -> list:
-        data = read_json(self.source)
-        if not isinstance(data, list):
-            raise SkipRecord("malformed file", f"{self.source}: expected a list of records")
-        return data
 
     def _parse(self, index: int, rec: dict) -> Sample:
         h, w = as_int(rec.get("height"), "height"), as_int(rec.get("width"), "width")

@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 
 from ..schema import ImageRef, RegionObject, Sample
-from .base import IndexedReader, SkipObject, SkipRecord, as_int, read_json, require
-from .coco import CocoFile, ann_to_object, coco_image_path, image_objects, seg_to_rle
+from .base import CocoImagesReader, JsonListReader, SkipObject, SkipRecord, as_int, require
+from .coco import ann_to_object, coco_image_path, image_objects, seg_to_rle
 
 
-class CocoCategoryReader(IndexedReader):
+class CocoCategoryReader(CocoImagesReader):
     """Any COCO instance file whose objects carry a category label (PACO-LVIS)."""
 
     def __init__(self, name: str, root: str, split: str = "train", *, ann_file: str | None = None,
@@ -25,10 +25,6 @@ class CocoCategoryReader(IndexedReader):
         self.source = ann_file or os.path.join(root, "paco", f"paco_lvis_v1_{split}.json")
         self.coco_root = coco_root or os.path.join(root, "coco")
         self.image_subdir = image_subdir or ("train2017" if split == "train" else "val2017")
-
-    def _load(self) -> list:
-        self.coco = CocoFile(self.source)
-        return [im for im in self.coco.images if self.coco.anns_by_image.get(im.get("id"))]
 
     def _parse(self, index: int, img: dict) -> Sample:
         h, w = self.coco.image_size(img)
@@ -48,7 +44,7 @@ class CocoCategoryReader(IndexedReader):
 ROC_FILES = {"roc_lvis": "lvis_val_1k_category.json", "roc_paco": "paco_val_1k_category.json"}
 
 
-class RocEvalReader(IndexedReader):
+class RocEvalReader(JsonListReader):
     """Osprey's ROC eval lists: one sample per image, object i labelled ``categories[i]``."""
 
     def __init__(self, name: str, root: str, split: str = "val", *, ann_file: str | None = None,
@@ -57,12 +53,6 @@ class RocEvalReader(IndexedReader):
         self.source = ann_file or os.path.join(root, "paco", ROC_FILES[name])
         self.coco_root = coco_root or os.path.join(root, "coco")
         self.image_subdir = image_subdir
-
-    def _load(self) -> list:
-        data = read_json(self.source)
-        if not isinstance(data, list):
-            raise SkipRecord("malformed file", f"{self.source}: expected a list of records")
-        return data
 
     def _parse(self, index: int, rec: dict) -> Sample:
         h, w = as_int(rec.get("height"), "height"), as_int(rec.get("width"), "width")

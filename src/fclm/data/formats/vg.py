@@ -10,20 +10,16 @@ from __future__ import annotations
 import os
 
 from ..schema import ImageRef, Sample
-from .base import IndexedReader, SkipObject
-from .coco import CocoFile, ann_to_object, image_objects
+from .base import CocoImagesReader, SkipObject
+from .coco import ann_to_object, image_objects
 
 
-class VGReader(IndexedReader):
+class VGReader(CocoImagesReader):
     def __init__(self, name: str, root: str, split: str = "train", *, ann_file: str | None = None,
                  image_dir: str | None = None, check_images: bool = False):
         super().__init__(name, split, check_images)
         self.source = ann_file or os.path.join(root, "vg", "vg_train_with_mask.json")
         self.image_dir = image_dir or os.path.join(root, "vg", "images")
-
-    def _load(self) -> list:
-        self.coco = CocoFile(self.source)
-        return [im for im in self.coco.images if self.coco.anns_by_image.get(im.get("id"))]
 
     def _parse(self, index: int, img: dict) -> Sample:
         h, w = self.coco.image_size(img)

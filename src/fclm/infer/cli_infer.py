@@ -1,0 +1,195 @@
+"""`fclm describe | classify | segment | ground`: inference from the command line.
+
+Regions (describe, classify, and segment's ``<region>`` slots) are given in order with ``--mask FILE``
+(a mask PNG — non-zero pixels are the region — or a .json file holding a COCO RLE dict, a polygon
+or a box) and ``--box X0 Y0 X1 Y1`` (a box becomes the filled rectangle mask; pixels, x1/y1
+exclusive). ``--json`` prints the results as JSON with masks as COCO RLE.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+EPILOG = """examples:
+  fclm describe photo.jpg --mask dog.png --box 10 20 200 240
+  fclm classify photo.jpg --mask dog.png --mask cat.png --json
+  fclm segment photo.jpg "the dog on the left" --out dog.png
+  fclm segment photo.jpg "the dog on the left" --teacher-forced --json
+  fclm segment photo.jpg "Which object has the same colour as <region>?" --mask ball.png
+  fclm ground photo.jpg --out gcg.png
+"""
+
+
+class _RegionAction(argparse.Action):
+    """Collect --mask / --box into one ordered list of regions."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        regions = list(getattr(namespace, "regions", None) or [])
+        if option_string == "--box":
+            regions.append([float(v) for v in values])
+        else:
+            regions.append(values)
+        namespace.regions = regions
+
+
+def _common(p: argparse.ArgumentParser, regions: bool, out: bool = True) -> None:
+    p.add_argument("image", help="image file")
+    if regions:
+        p.add_argument("--mask", action=_RegionAction, dest="regions", metavar="FILE",
+                       help="region mask: PNG (non-zero = region) or .json (RLE / polygon / box); repeatable")
+        p.add_argument("--box", action=_RegionAction, dest="regions", nargs=4, type=float,
+                       metavar=("X0", "Y0", "X1", "Y1"), help="region box in pixels (becomes a rectangle mask); repeatable")
+    p.add_argument("--model", metavar="DIR", help="FCLM model folder (default: ./fclm-quickstart/model)")
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: bfloat16 on GPU, float32 on CPU")
+    p.add_argument("--max-new-tokens", type=int, help="tokens to generate at most")
+    p.add_argument("--json", action="store_true", help="print JSON (masks as COCO RLE)")
+    if out:
+        p.add_argument("--out", metavar="PNG", help="save an overlay picture here")
+    p.set_defaults(regions=[])
+
+
+def register(sub) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("describe", help="describe image regions (detailed localized captions)",
+                       description=__doc__, epilog=EPILOG, formatter_class=fmt)
+    _common(p, regions=True)
+    p.add_argument("--brief", action="store_true", help="a short description instead of a detailed one")
+    p.set_defaults(func=run_describe)
+
+    p = sub.add_parser("classify", help="name the category of image regions",
+                       description=__doc__, epilog=EPILOG, formatter_class=fmt)
+    _common(p, regions=True)
+    p.set_defaults(func=run_classify)
+
+    p = sub.add_parser("segment", help="segment what a text refers to (one mask per [SEG])",
+                       description=__doc__, epilog=EPILOG, formatter_class=fmt)
+    _common(p, regions=True)
+    p.add_argument("text", help="referring expression, question or caption; may hold <region> slots")
+    p.add_argument("--teacher-forced", action="store_true",
+                   help="fast RES protocol: one forward with the answer 'Sure, [SEG].' (no generation)")
+    p.add_argument("--prompt-style", default="auto", choices=["auto", "raw", "res", "reason", "dlres"],
+                   help="how TEXT becomes the prompt (default: auto)")
+    p.set_defaults(func=run_segment)
+
+    p = sub.add_parser("ground", help="grounded caption: phrases with one mask each (GCG)",
+                       description=__doc__, epilog=EPILOG, formatter_class=fmt)
+    _common(p, regions=False)
+    p.set_defaults(func=run_ground)
+
+
+# ------------------------------------------------------------------ runners
+def _pipeline(args):
+    from .pipeline import FCLMPipeline, default_model_dir
+
+    return FCLMPipeline.from_pretrained(args.model or default_model_dir(), device=args.device, dtype=args.dtype)
+
+
+def _guard(fn):
+    """Turn out-of-memory and similar runtime failures into one clear line."""
+    def wrapped(args):
+        import torch
+
+        from ..data.schema import FCLMDataError
+
+        try:
+            return fn(args)
+        except torch.OutOfMemoryError as e:
+            raise FCLMDataError(f"out of device memory ({e}); try --device cpu, a smaller --max-new-tokens or fewer regions") from e
+    return wrapped
+
+
+def _load(args, pipe):
+    from .inputs import load_image, load_regions
+
+    img = load_image(args.image, pipe.max_pixels)
+    masks = load_regions(args.regions, img.size[1], img.size[0]) if args.regions else []
+    return img, masks
+
+
+def _need_regions(args, cmd: str) -> None:
+    from ..data.schema import FCLMDataError
+
+    if not args.regions:
+        raise FCLMDataError(f"give at least one region with --mask FILE or --box X0 Y0 X1 Y1 (see fclm {cmd} -h)")
+
+
+def _save(args, img, result, regions=()) -> None:
+    if getattr(args, "out", None):
+        from .visualize import save_overlay
+
+        save_overlay(args.out, img, result, regions)
+        if not args.json:
+            print(f"overlay saved to {args.out}")
+
+
+def _print_json(obj) -> None:
+    json.dump(obj, sys.stdout)
+    sys.stdout.write("\n")
+
+
+@_guard
+def run_describe(args) -> int:
+    _need_regions(args, "describe")
+    pipe = _pipeline(args)
+    img, masks = _load(args, pipe)
+    res = pipe.describe(img, masks, detailed=not args.brief, max_new_tokens=args.max_new_tokens)
+    if args.json:
+        _print_json({"image": args.image, "task": "describe", "image_size": [img.size[1], img.size[0]],
+                     "regions": [r.to_dict() for r in res]})
+    else:
+        for r in res:
+            print(f"region {r.region + 1}: {r.text}")
+    _save(args, img, res, masks)
+    return 0
+
+
+@_guard
+def run_classify(args) -> int:
+    _need_regions(args, "classify")
+    pipe = _pipeline(args)
+    img, masks = _load(args, pipe)
+    res = pipe.classify_many([(img, masks)], max_new_tokens=args.max_new_tokens)[0]
+    if args.json:
+        _print_json({"image": args.image, "task": "classify", "image_size": [img.size[1], img.size[0]],
+                     "labels": [r.text for r in res], "regions": [r.to_dict() for r in res]})
+    else:
+        for r in res:
+            print(f"region {r.region + 1}: {r.text}")
+    _save(args, img, res, masks)
+    return 0
+
+
+@_guard
+def run_segment(args) -> int:
+    pipe = _pipeline(args)
+    img, masks = _load(args, pipe)
+    res = pipe.segment(img, args.text, regions=masks or None, teacher_forced=args.teacher_forced,
+                       prompt_style=args.prompt_style, max_new_tokens=args.max_new_tokens)
+    if args.json:
+        _print_json({"image": args.image, "task": "segment", "text": args.text, **res.to_dict()})
+    else:
+        print(f"answer: {res.raw}")
+        for i, m in enumerate(res.masks):
+            print(f"mask {i + 1}: {int(m.sum())} pixels of {m.shape[1]}x{m.shape[0]}")
+        if not res.masks:
+            print("no [SEG] token was generated: no mask")
+    _save(args, img, res, masks)
+    return 0
+
+
+@_guard
+def run_ground(args) -> int:
+    pipe = _pipeline(args)
+    img, _ = _load(args, pipe)
+    res = pipe.ground(img, max_new_tokens=args.max_new_tokens)
+    if args.json:
+        _print_json({"image": args.image, "task": "ground", **res.to_dict()})
+    else:
+        print(f"caption: {res.caption}")
+        for i, p in enumerate(res.phrases):
+            px = f"{int(p.mask.sum())} pixels" if p.mask is not None else "no mask"
+            print(f"phrase {i + 1}: {p.text!r} ({px})")
+    _save(args, img, res)
+    return 0

@@ -1,0 +1,451 @@
+"""Batched decoding over ``inputs_embeds`` with a KV cache, shared image work and ``[SEG]`` capture.
+
+:func:`run_batch` takes any number of :class:`Request` rows (image, user text with ``<region>``
+slots, region masks, optional teacher-forced answer) and:
+
+1. encodes every *distinct* image once: one Qwen vision-encoder call for all of them; the features
+   are written into the ``<|image_pad|>`` slots of every row that shows that image; region prompts
+   for all rows come from one region-extractor call (its SAM crop encoder runs once per chunk of
+   ``crop_batch`` regions);
+2. prefills each image's *shared prompt prefix* (system prompt + image + the text up to the first
+   ``<region>`` / ``[SEG]`` slot, identical for every row of that image) once at batch 1 and copies its
+   KV cache into every row — so N regions of one image cost one image prefill plus N short
+   suffixes;
+3. prefills the per-row suffixes as one left-padded batch (attention mask + the rows' own M-RoPE
+   positions from ``model.position_ids_for``), then decodes all rows together with a
+   ``transformers.DynamicCache``: each step feeds the new tokens' embeddings at position "previous
+   maximum position + 1" (all three M-RoPE axes equal for text); finished rows leave the batch;
+4. records the last-layer hidden state of every step whose *input* token is ``[SEG]`` (teacher-forced
+   ``[SEG]`` in the prompt, or a generated one fed back; a row that stops right after emitting
+   ``[SEG]`` gets one extra step for it), and decodes those queries into masks with SAM's image
+   embedding computed once per distinct image.
+
+Greedy decoding of a row gives the same tokens whether it runs alone or in a batch (tested, float32
+CPU): rows never see each other, and the prefix/suffix split is the same either way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Hashable, Sequence
+
+import numpy as np
+import torch
+
+from ..data.schema import FCLMDataError
+from ..model.mask_decoding import decode_masks, sam_image_embeddings
+from ..model.processing_fclm import region_crop, resize_long_side, sam_preprocess
+from .inputs import check_text_length
+
+__all__ = ["GenerationOptions", "Request", "Completion", "run_batch"]
+
+
+@dataclass
+class GenerationOptions:
+    """Decoding options (defaults: greedy, at most 128 new tokens, stop at ``<|im_end|>``/eos)."""
+
+    max_new_tokens: int = 128
+    min_new_tokens: int = 0  # end-of-turn tokens are suppressed until this many tokens exist
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop_strings: Sequence[str] = ()  # stop once the decoded answer contains one (text is cut before it)
+    ignore_eos: bool = False  # never stop on end-of-turn tokens (benchmarks: fixed-length decoding)
+    share_prefix: bool = True  # prefill each image's common prompt prefix once
+    crop_batch: int = 8  # regions per SAM crop-encoder call (local aggregation)
+
+    @classmethod
+    def from_kwargs(cls, base: "GenerationOptions | None" = None, **kw) -> "GenerationOptions":
+        names = set(cls.__dataclass_fields__)
+        bad = sorted(k for k in kw if k not in names)
+        if bad:
+            raise TypeError(f"unknown generation option(s) {bad}; known: {sorted(names)}")
+        opts = cls(**{**(base.__dict__ if base else {}), **{k: v for k, v in kw.items() if v is not None}})
+        if opts.max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0")
+        if opts.do_sample and opts.temperature <= 0:
+            raise ValueError("temperature must be > 0 when sampling")
+        if isinstance(opts.stop_strings, str):
+            opts.stop_strings = (opts.stop_strings,)
+        return opts
+
+
+@dataclass
+class Request:
+    """One conversation row: an image, the user text, its region masks, an optional answer.
+
+    ``answer`` set → teacher forcing: no generation, the prompt ends with the answer (and its
+    ``<|im_end|>``) and the ``[SEG]`` states inside it are read in the same forward pass.
+    Rows with the same ``image_key`` (default: the PIL image object's identity) share the image
+    encodings and the prompt-prefix prefill.
+    """
+
+    image: object  # PIL.Image (RGB)
+    user: str
+    regions: list[np.ndarray] = field(default_factory=list)
+    answer: str | None = None
+    image_key: Hashable | None = None
+    name: str = ""  # names the row in error messages
+
+    def key(self) -> Hashable:
+        return self.image_key if self.image_key is not None else ("pil", id(self.image))
+
+
+@dataclass
+class Completion:
+    """What one row produced."""
+
+    text: str  # decoded answer (FCLM tokens such as [SEG] / <p> kept, chat tokens removed)
+    token_ids: list[int]  # generated ids, end-of-turn token excluded (teacher forced: the answer's)
+    finish_reason: str  # "eos" | "length" | "stop_string" | "teacher_forced"
+    seg_states: torch.Tensor | None  # (n_seg, d) last-layer states at [SEG] inputs
+    mask_logits: list[torch.Tensor] = field(default_factory=list)  # one (H, W) map per [SEG]
+    masks: list[np.ndarray] = field(default_factory=list)  # logits > 0, bool, original image size
+
+
+# ------------------------------------------------------------------ helpers
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+class _ImageEnc:
+    """One distinct image's processor outputs (SAM input only when needed)."""
+
+    def __init__(self, processor, image):
+        self.image = image
+        resized = resize_long_side(image, processor.image_long_side)
+        vis = processor.image_processor(images=[resized], return_tensors="pt")
+        self.pixel_values = vis["pixel_values"]
+        self.grid = vis["image_grid_thw"][0]
+        self.n_tokens = int(self.grid.prod()) // processor.merge_size ** 2
+        self.original_size = (image.size[1], image.size[0])
+        self._sam = None
+
+    def sam(self, processor):
+        if self._sam is None:
+            self._sam = sam_preprocess(self.image, processor.sam_image_size)
+        return self._sam
+
+
+def _encode_rows(processor, requests: list[Request]):
+    """Distinct images, per-row ids and per-row image index, with every input check."""
+    keys: dict[Hashable, int] = {}
+    images: list[_ImageEnc] = []
+    row_ids, row_img = [], []
+    for i, rq in enumerate(requests):
+        where = f"{rq.name}: " if rq.name else (f"query {i}: " if len(requests) > 1 else "")
+        k = rq.key()
+        if k not in keys:
+            keys[k] = len(images)
+            images.append(_ImageEnc(processor, rq.image))
+        u = keys[k]
+        enc = images[u]
+        H, W = enc.original_size
+        for j, m in enumerate(rq.regions):
+            if m.shape != (H, W):
+                raise FCLMDataError(f"{where}region {j}: mask is {m.shape[1]}x{m.shape[0]} (WxH) but the image is {W}x{H}")
+            if not m.any():
+                raise FCLMDataError(f"{where}region {j}: mask is empty")
+        text = processor.user_text(rq.user, len(rq.regions), where)
+        ids, _ = processor.build_ids(text, rq.answer, enc.n_tokens)
+        check_text_length(len(ids), processor.max_length, rq.user if rq.answer is None else f"{rq.user} / {rq.answer}",
+                          f"{where}prompt")
+        row_ids.append(ids)
+        row_img.append(u)
+    return images, row_ids, row_img
+
+
+def _sample(logits: torch.Tensor, opts: GenerationOptions, generator) -> torch.Tensor:
+    if not opts.do_sample:
+        return logits.argmax(-1)
+    logits = logits / opts.temperature
+    if opts.top_k and opts.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, opts.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(-1)
+    if opts.top_p < 1.0:
+        sp, si = probs.sort(-1, descending=True)
+        cum = sp.cumsum(-1)
+        drop = cum - sp > opts.top_p  # keep the smallest set whose mass reaches top_p
+        sp = sp.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, si, sp)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def _stop_ids(processor) -> set[int]:
+    tok = processor.tokenizer
+    ids = {processor.im_end_id, processor.pad_id}
+    if tok.eos_token_id is not None:
+        ids.add(tok.eos_token_id)
+    return {i for i in ids if i is not None}
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    hits = [text.find(s) for s in stops if s and s in text]
+    if not hits:
+        return text, False
+    return text[: min(hits)].rstrip(), True
+
+
+def _prune(cache, keep: torch.Tensor) -> None:
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            layer.keys = layer.keys.index_select(0, keep)
+            layer.values = layer.values.index_select(0, keep)
+
+
+# ------------------------------------------------------------------ the batch
+@torch.inference_mode()
+def run_batch(model, processor, requests: list[Request], options: GenerationOptions | None = None,
+              decode_seg: bool = True) -> list[Completion]:
+    """Run every request (generation or teacher forcing) in one batch; see the module docstring."""
+    from transformers import DynamicCache
+
+    opts = options or GenerationOptions()
+    if not requests:
+        return []
+    cfg = model.config
+    dev = model_device(model)
+    images, row_ids, row_img = _encode_rows(processor, requests)
+    B = len(requests)
+
+    # 1. vision encoder once for all distinct images
+    pv = torch.cat([im.pixel_values for im in images]).to(dev)
+    grids = torch.stack([im.grid for im in images]).to(dev)
+    vision = model.encode_images(pv, grids)
+    emb_layer = model.get_input_embeddings()
+    dtype = emb_layer.weight.dtype
+
+    # per-row embeddings with image features in their slots
+    row_emb = []
+    for ids, u in zip(row_ids, row_img):
+        t = torch.tensor(ids, device=dev)
+        e = emb_layer(t)
+        img = t == cfg.image_token_id
+        e[img] = vision[u].flatten(0, 1).to(dtype)
+        row_emb.append(e)
+
+    # region prompts: one extractor call for every region of every row
+    masks_all, region_rows = [], []
+    for r, rq in enumerate(requests):
+        for m in rq.regions:
+            masks_all.append(torch.from_numpy(np.ascontiguousarray(m)).to(dev))
+            region_rows.append(r)
+    if masks_all:
+        rows_t = torch.tensor(region_rows, device=dev)
+        crop_feats = crop_masks = None
+        if cfg.use_local_aggregation:
+            crops, cms = [], []
+            for r, rq in enumerate(requests):
+                for m in rq.regions:
+                    c, cm = region_crop(rq.image, m, processor.sam_image_size, processor.crop_margin)
+                    crops.append(c)
+                    cms.append(cm)
+            cp = torch.from_numpy(np.stack(crops)).to(dev)
+            step = max(1, int(opts.crop_batch))
+            crop_feats = torch.cat([sam_image_embeddings(model.sam, cp[i: i + step]) for i in range(0, len(cp), step)])
+            crop_masks = torch.from_numpy(np.stack(cms)).to(dev)
+        vis_rows = [vision[u] for u in row_img]
+        t_mask, t_pos = model.region_extractor(masks_all, rows_t, vis_rows, crop_feats, crop_masks)
+        k = 0
+        for r, ids in enumerate(row_ids):
+            t = torch.tensor(ids, device=dev)
+            mpos = torch.nonzero(t == cfg.mask_token_id)[:, 0]
+            ppos = torch.nonzero(t == cfg.pos_token_id)[:, 0]
+            n = len(requests[r].regions)
+            if cfg.visual_prompt in ("both", "mask"):
+                row_emb[r][mpos] = t_mask[k: k + n].to(dtype)
+            if cfg.visual_prompt in ("both", "pos"):
+                row_emb[r][ppos] = t_pos[k: k + n].to(dtype)
+            k += n
+
+    # M-RoPE positions per row, unpadded (rows with identical ids share the computation)
+    pos_cache: dict = {}
+    row_pos = []
+    for ids, u in zip(row_ids, row_img):
+        key = (u, tuple(ids))
+        if key not in pos_cache:
+            t = torch.tensor([ids], device=dev)
+            p, _ = model.position_ids_for(t, grids[u: u + 1], torch.ones_like(t))
+            pos_cache[key] = p[:, 0]  # (3, L)
+        row_pos.append(pos_cache[key])
+
+    # 2. shared prefix per image: common ids up to the first region / [SEG] slot
+    special = {cfg.mask_token_id, cfg.pos_token_id, cfg.seg_token_id}
+    groups: dict[int, list[int]] = {}
+    for r, u in enumerate(row_img):
+        groups.setdefault(u, []).append(r)
+    prefix_len = [0] * B
+    n_layers = None
+    prefix_kv: dict[int, list] = {}
+    if opts.share_prefix:
+        for u, rows in groups.items():
+            ref = row_ids[rows[0]]
+            P = min(len(row_ids[r]) for r in rows) - 1
+            for r in rows:
+                ids = row_ids[r]
+                j = 0
+                while j < P and ids[j] == ref[j] and ids[j] not in special:
+                    j += 1
+                P = j
+            if P <= 0:
+                continue
+            cache_g = DynamicCache(config=cfg)
+            r0 = rows[0]
+            model.run_language_model(row_emb[r0][:P][None], torch.ones(1, P, dtype=torch.long, device=dev),
+                                     row_pos[r0][:, :P][:, None], cache=cache_g, use_cache=True)
+            prefix_kv[u] = [(layer.keys, layer.values) for layer in cache_g.layers]
+            n_layers = len(prefix_kv[u])
+            for r in rows:
+                prefix_len[r] = P
+    P_max = max(prefix_len)
+    suffix_len = [len(ids) - p for ids, p in zip(row_ids, prefix_len)]
+    S_max = max(suffix_len)
+
+    cache = DynamicCache(config=cfg)
+    if P_max:
+        kv0 = next(iter(prefix_kv.values()))
+        data = []
+        for li in range(n_layers):
+            k0, v0 = kv0[li]
+            K = k0.new_zeros(B, k0.shape[1], P_max, k0.shape[3])
+            V = v0.new_zeros(B, v0.shape[1], P_max, v0.shape[3])
+            for u, rows in groups.items():
+                if u not in prefix_kv:
+                    continue
+                kg, vg = prefix_kv[u][li]
+                idx = torch.tensor(rows, device=dev)
+                P = kg.shape[2]
+                K[idx, :, P_max - P:] = kg.expand(len(rows), -1, -1, -1)
+                V[idx, :, P_max - P:] = vg.expand(len(rows), -1, -1, -1)
+            data.append((K, V))
+        del prefix_kv
+        cache = DynamicCache(data, config=cfg)
+
+    d = row_emb[0].shape[-1]
+    suf_emb = row_emb[0].new_zeros(B, S_max, d)
+    suf_pos = torch.ones(3, B, S_max, dtype=torch.long, device=dev)
+    attn = torch.zeros(B, P_max + S_max, dtype=torch.long, device=dev)
+    for r in range(B):
+        p, s = prefix_len[r], suffix_len[r]
+        suf_emb[r, S_max - s:] = row_emb[r][p:]
+        suf_pos[:, r, S_max - s:] = row_pos[r][:, p:]
+        attn[r, P_max - p: P_max] = 1
+        attn[r, P_max + S_max - s:] = 1
+    out = model.run_language_model(suf_emb, attn, suf_pos, cache=cache, use_cache=True)
+    hidden = out.last_hidden_state
+    del row_emb, suf_emb
+
+    seg_states: list[list[torch.Tensor]] = [[] for _ in range(B)]
+    for r in range(B):
+        s = suffix_len[r]
+        ids = torch.tensor(row_ids[r][prefix_len[r]:], device=dev)
+        cols = torch.nonzero(ids == cfg.seg_token_id)[:, 0] + (S_max - s)
+        seg_states[r].extend(hidden[r, cols])
+
+    # 3. decode
+    gen: list[list[int]] = [[] for _ in range(B)]
+    finish = ["teacher_forced" if rq.answer is not None else "" for rq in requests]
+    alive = [r for r in range(B) if requests[r].answer is None and opts.max_new_tokens > 0]
+    for r in range(B):
+        if requests[r].answer is None and opts.max_new_tokens <= 0:
+            finish[r] = "length"
+    stop_ids = _stop_ids(processor)
+    stop_t = torch.tensor(sorted(stop_ids), device=dev)
+    next_pos = torch.stack([p.max() + 1 for p in row_pos])  # (B,)
+    generator = None
+    if opts.do_sample and opts.seed is not None:
+        generator = torch.Generator(device=dev).manual_seed(int(opts.seed))
+    if alive:
+        keep = torch.tensor(alive, device=dev)
+        logits = model.lm_head(hidden[keep, -1]).float()
+        if len(alive) < B:
+            _prune(cache, keep)
+            attn = attn[keep]
+        next_pos = next_pos[keep]
+    del hidden, out
+    padded = None
+    while alive:
+        n_gen = len(gen[alive[0]])
+        if opts.ignore_eos or n_gen < opts.min_new_tokens:
+            logits[:, stop_t] = float("-inf")
+        tokens = _sample(logits, opts, generator).tolist()
+        feed, cont = [], []
+        for k, (r, t) in enumerate(zip(alive, tokens)):
+            if t in stop_ids and not opts.ignore_eos and n_gen >= opts.min_new_tokens:
+                finish[r] = "eos"
+                continue
+            gen[r].append(t)
+            if len(gen[r]) >= opts.max_new_tokens:
+                finish[r] = "length"
+            elif opts.stop_strings and _cut_at_stop(processor.decode(gen[r]), opts.stop_strings)[1]:
+                finish[r] = "stop_string"
+            if not finish[r] or t == cfg.seg_token_id:  # a final [SEG] is fed once more for its state
+                feed.append(k)
+                cont.append(not finish[r])
+        if not feed:
+            break
+        n_before = len(alive)
+        if len(feed) < len(alive):
+            keep = torch.tensor(feed, device=dev)
+            _prune(cache, keep)
+            attn, next_pos = attn[keep], next_pos[keep]
+            alive = [alive[k] for k in feed]
+            tokens = [tokens[k] for k in feed]
+        tok_t = torch.tensor(tokens, device=dev)
+        attn = torch.cat([attn, attn.new_ones(len(alive), 1)], 1)
+        if padded is None or len(feed) < n_before:
+            padded = bool((attn == 0).any())  # no padding left: plain causal attention, no mask to build
+        pos = next_pos.view(1, -1, 1).expand(3, -1, 1)
+        out = model.run_language_model(emb_layer(tok_t)[:, None], attn if padded else None, pos, cache=cache,
+                                       use_cache=True)
+        next_pos = next_pos + 1
+        h = out.last_hidden_state[:, -1]
+        for k, r in enumerate(alive):
+            if tokens[k] == cfg.seg_token_id:
+                seg_states[r].append(h[k])
+        if not all(cont):
+            keep = torch.tensor([k for k, c in enumerate(cont) if c], device=dev)
+            alive = [r for r, c in zip(alive, cont) if c]
+            if not alive:
+                break
+            _prune(cache, keep)
+            attn, next_pos, h = attn[keep], next_pos[keep], h[keep]
+        logits = model.lm_head(h).float()
+    del cache
+
+    # 4. results and masks
+    results = []
+    for r, rq in enumerate(requests):
+        if rq.answer is not None:
+            ids = processor._ids(rq.answer)
+            text = processor.decode(ids)
+        else:
+            ids = gen[r]
+            text = processor.decode(ids)
+            if opts.stop_strings:
+                text, _ = _cut_at_stop(text, opts.stop_strings)
+        st = torch.stack(seg_states[r]) if seg_states[r] else None
+        results.append(Completion(text=text, token_ids=list(ids), finish_reason=finish[r] or "length", seg_states=st))
+    if decode_seg:
+        seg_rows = [r for r in range(B) if results[r].seg_states is not None]
+        if seg_rows:
+            need = sorted({row_img[r] for r in seg_rows})
+            where = {u: i for i, u in enumerate(need)}
+            sam_in = [images[u].sam(processor) for u in need]
+            px = torch.from_numpy(np.stack([s[0] for s in sam_in])).to(dev)
+            valid = torch.tensor([s[1] for s in sam_in])
+            orig = torch.tensor([images[u].original_size for u in need])
+            emb = sam_image_embeddings(model.sam, px)
+            states = torch.cat([results[r].seg_states for r in seg_rows])
+            index = torch.tensor([where[row_img[r]] for r in seg_rows for _ in range(len(results[r].seg_states))],
+                                 device=dev)
+            logits_list = decode_masks(model.sam, model.seg_projector(states.to(dtype)), emb, index, valid, orig)
+            k = 0
+            for r in seg_rows:
+                n = len(results[r].seg_states)
+                results[r].mask_logits = [x.float().cpu() for x in logits_list[k: k + n]]
+                results[r].masks = [(x > 0).numpy() for x in results[r].mask_logits]
+                k += n
+    return results

@@ -1,0 +1,197 @@
+"""Batched decoding: exactness vs per-row decoding, encoders once, stopping, [SEG] capture."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_sample
+from fclm.data.masks import decode_rle
+from fclm.infer.decoding import GenerationOptions, Request, run_batch
+
+ROC = "What is the category of <region>? Using only one word or phrase."
+
+
+@pytest.fixture(scope="module")
+def lively(tiny):
+    """A copy of the tiny model with larger random weights: its greedy outputs vary with the input."""
+    model, proc, _ = tiny
+    m = copy.deepcopy(model).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if p.ndim >= 2 and not n.startswith("sam."):
+                p.normal_(0, 0.1, generator=g)
+    return m, proc
+
+
+@pytest.fixture(scope="module")
+def scene():
+    s = make_sample()
+    img = s.image.open()
+    masks = [decode_rle(o.mask) for o in s.objects]
+    extra = np.zeros_like(masks[0])
+    extra[60:95, 5:40] = True
+    return img, masks + [extra]
+
+
+def test_batched_regions_equal_single_greedy(lively, scene):
+    model, proc = lively
+    img, masks = scene
+    opts = GenerationOptions(max_new_tokens=10)
+    batched = run_batch(model, proc, [Request(img, ROC, [m]) for m in masks], opts)
+    single = [run_batch(model, proc, [Request(img, ROC, [m])], opts)[0] for m in masks]
+    assert [c.token_ids for c in batched] == [c.token_ids for c in single]
+    assert [c.text for c in batched] == [c.text for c in single]
+    assert len({tuple(c.token_ids) for c in batched}) > 1, "outputs should differ between regions"
+    plain = run_batch(model, proc, [Request(img, ROC, [m]) for m in masks],
+                      GenerationOptions(max_new_tokens=10, share_prefix=False))
+    assert [c.token_ids for c in plain] == [c.token_ids for c in batched]
+
+
+def test_several_images_and_prompts_batched_with_padding(lively, scene):
+    model, proc = lively
+    img, masks = scene
+    s2 = make_sample(h=120, w=80, seed=3)
+    img2 = s2.image.open()
+    m2 = decode_rle(s2.objects[0].mask) if s2.objects[0].mask["size"] == [120, 80] else None
+    m2 = np.zeros((120, 80), bool)
+    m2[10:50, 10:60] = True
+    reqs = [Request(img, ROC, [masks[0]]),
+            Request(img2, "Can you provide me with a detailed description of the region in the picture marked by <region>?", [m2]),
+            Request(img, "What is the red circle in this image? Please output segmentation mask."),
+            Request(img2, ROC, [m2])]
+    opts = GenerationOptions(max_new_tokens=8)
+    batched = run_batch(model, proc, reqs, opts)
+    single = [run_batch(model, proc, [r], opts)[0] for r in reqs]
+    assert [c.token_ids for c in batched] == [c.token_ids for c in single]
+
+
+def _count_calls(module):
+    calls = []
+    h = module.register_forward_hook(lambda *a: calls.append(1))
+    return calls, h
+
+
+def test_encoders_run_once_per_image(tiny, scene):
+    from fclm.infer import FCLMPipeline
+
+    model, proc, _ = tiny
+    img, masks = scene
+    pipe = FCLMPipeline(model, proc)
+    vis, h1 = _count_calls(model.model.visual)
+    sam, h2 = _count_calls(model.sam.vision_encoder)
+    try:
+        out = pipe.describe(img, masks, max_new_tokens=4)
+        assert len(out) == 4 and len(vis) == 1 and len(sam) == 1  # SAM: one call for the 4 region crops
+        vis.clear(), sam.clear()
+        res = pipe.run_grounding([(img, "What is the red circle in this image? Please output segmentation mask.", "Sure, [SEG]."),
+                                  (img, "What is the blue square in this image? Please output segmentation mask.", "Sure, [SEG]."),
+                                  (img, "What is it? Please output segmentation mask.", "It is [SEG] and [SEG].")])
+        assert [len(r.masks) for r in res] == [1, 1, 2]
+        assert len(vis) == 1 and len(sam) == 1  # one vision pass and one SAM image embedding for the image
+    finally:
+        h1.remove(), h2.remove()
+
+
+def test_max_new_tokens_min_new_tokens_and_ignore_eos(lively, scene):
+    model, proc = lively
+    img, masks = scene
+    reqs = [Request(img, ROC, [m]) for m in masks]
+    out = run_batch(model, proc, reqs, GenerationOptions(max_new_tokens=3))
+    for c in out:
+        assert len(c.token_ids) <= 3
+        assert c.finish_reason in ("eos", "length")
+        if c.finish_reason == "length":
+            assert len(c.token_ids) == 3
+    fixed = run_batch(model, proc, reqs, GenerationOptions(max_new_tokens=10, ignore_eos=True))
+    assert all(len(c.token_ids) == 10 and c.finish_reason == "length" for c in fixed)
+    stop_ids = {proc.im_end_id, proc.pad_id}
+    mn = run_batch(model, proc, reqs, GenerationOptions(max_new_tokens=10, min_new_tokens=8))
+    assert all(len(c.token_ids) >= 8 for c in mn)
+    assert all(not (set(c.token_ids) & stop_ids) for c in mn)
+
+
+def test_stop_strings(lively, scene):
+    model, proc = lively
+    img, masks = scene
+    reqs = [Request(img, ROC, [m]) for m in masks]
+    full = run_batch(model, proc, reqs, GenerationOptions(max_new_tokens=16, ignore_eos=True))
+    c = max(full, key=lambda c: len(c.text))
+    text = c.text
+    stop = next(text[i: i + 2] for i in range(3, len(text) - 1) if text[i: i + 2].strip() == text[i: i + 2])
+    cut = run_batch(model, proc, [reqs[full.index(c)]],
+                    GenerationOptions(max_new_tokens=16, ignore_eos=True, stop_strings=[stop]))[0]
+    assert cut.finish_reason == "stop_string"
+    assert cut.text == text[: text.find(stop)].rstrip()
+    assert stop not in cut.text and len(cut.token_ids) < len(c.token_ids)
+
+
+def test_sampling_seeded(lively, scene):
+    model, proc = lively
+    img, masks = scene
+    reqs = [Request(img, ROC, [m]) for m in masks[:2]]
+    o = GenerationOptions(max_new_tokens=8, do_sample=True, temperature=1.5, top_p=0.9, top_k=50, seed=7)
+    a = run_batch(model, proc, reqs, o)
+    b = run_batch(model, proc, reqs, o)
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]
+
+
+def test_teacher_forced_seg_matches_model_forward(tiny, scene):
+    """[SEG] states and masks equal FCLMForConditionalGeneration.forward on the same conversation."""
+    model, proc, _ = tiny
+    img, masks = scene
+    user, answer = "What is <region> in this image? Please output segmentation mask.", "Sure, [SEG]. It is [SEG]."
+    [c] = run_batch(model, proc, [Request(img, user, [masks[2]], answer=answer)])
+    enc = proc.encode(img, user, answer, region_masks=[masks[2]], target_masks=None)
+    batch = proc.collate([enc])
+    batch.pop("target_masks")
+    batch.pop("labels")
+    with torch.no_grad():
+        ref = model(**batch, decode_seg=True)
+    assert c.seg_states.shape == ref.seg_queries.shape == (2, model.config.llm_hidden_size)
+    torch.testing.assert_close(c.seg_states, ref.seg_queries, atol=1e-4, rtol=1e-4)
+    assert [m.shape for m in c.masks] == [(96, 128)] * 2 and c.masks[0].dtype == bool
+    for a, b in zip(c.mask_logits, ref.pred_masks):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+class _ForceSeg(torch.nn.Module):
+    """lm_head wrapper that makes the n-th generated token [SEG]."""
+
+    def __init__(self, head, seg_id, at):
+        super().__init__()
+        self.head, self.seg_id, self.at, self.calls = head, seg_id, at, 0
+
+    def forward(self, x):
+        out = self.head(x)
+        if self.calls == self.at:
+            out = out.clone()
+            out[..., self.seg_id] = 1e4
+        self.calls += 1
+        return out
+
+
+def test_generated_seg_state_is_captured(lively, scene):
+    model, proc = lively
+    img, masks = scene
+    seg = model.config.seg_token_id
+    user = "What is the red circle in this image? Please output segmentation mask."
+    # [SEG] as the 2nd token, generation stops right after it (max_new_tokens=2): one extra step feeds it
+    head = model.lm_head
+    model._modules["lm_head"] = _ForceSeg(head, seg, 1)
+    try:
+        [c] = run_batch(model, proc, [Request(img, user)], GenerationOptions(max_new_tokens=2, ignore_eos=True))
+    finally:
+        model._modules["lm_head"] = head
+    assert c.token_ids[1] == seg and c.seg_states.shape[0] == 1 and len(c.masks) == 1
+    assert c.masks[0].shape == (96, 128)
+    # the captured state equals the model's forward over prompt + generated tokens
+    enc = proc.encode(img, user)
+    enc.input_ids = enc.input_ids + c.token_ids
+    enc.labels = enc.labels + [-100] * len(c.token_ids)
+    batch = proc.collate([enc])
+    batch.pop("target_masks"), batch.pop("labels")
+    with torch.no_grad():
+        ref = model(**batch, decode_seg=False)
+    torch.testing.assert_close(c.seg_states, ref.seg_queries, atol=1e-4, rtol=1e-4)

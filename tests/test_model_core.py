@@ -194,3 +194,23 @@ def test_more_than_five_targets_subsampled(tiny):
     keep = model._subsample_targets(torch.zeros(7, dtype=torch.long))
     assert len(keep) == 5 and len(set(keep.tolist())) == 5
     assert torch.isfinite(model(**batch).loss_seg)
+
+
+def test_self_recon_all_objects_scope():
+    """L_self over every annotated object: more masks, same LLM pass; position branch only."""
+    from conftest import TINY_TEXTS
+    from fclm.model.builders import build_tiny
+
+    model, proc = build_tiny(texts=TINY_TEXTS, self_recon_scope="all_objects")
+    proc.with_object_masks = True
+    exs = mixed_examples()
+    batch = proc(exs)
+    assert len(batch["object_masks"]) == sum(len(e.sample.objects) for e in exs) == 12
+    assert batch["object_image_index"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    out = model(**batch)
+    assert torch.isfinite(out.loss_self)
+    model.config.self_recon_scope = "regions"
+    regions_only = model(**{k: v for k, v in batch.items() if not k.startswith("object_")})
+    assert not torch.isclose(out.loss_self, regions_only.loss_self)
+    with pytest.raises(ValueError, match="self_recon_scope"):
+        build_tiny(texts=TINY_TEXTS, self_recon_scope="everything")

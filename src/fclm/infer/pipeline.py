@@ -28,27 +28,12 @@ __all__ = ["FCLMPipeline", "PROMPTS", "default_model_dir"]
 
 
 def _eval_prompts() -> dict[str, str]:
-    p = {
-        "roc": "What is the category of <region>? Using only one word or phrase.",
-        "dlc": "Can you provide me with a detailed description of the region in the picture marked by <region>?",
-        "res": "What is {expr} in this image? Please output segmentation mask.",
-        "reasonseg": "{question} Please output segmentation mask.",
-        "dlres": "{caption}. Please output segmentation mask.",
-        "gcg": ("Could you please give me a detailed description of the image? Please respond with interleaved "
-                "segmentation masks for the corresponding parts of the answer."),
-        "seg_answer": "Sure, [SEG].",
-    }
-    try:  # the shared prompt module, when present, is the source of truth
-        from ..data.prompts import EVAL_TEMPLATES
+    """The fixed evaluation prompt of each task (from :mod:`fclm.data.prompts`)."""
+    from ..data.prompts import EVAL_TEMPLATES
 
-        for k in ("roc", "dlc", "res", "reasonseg", "dlres", "gcg"):
-            if k in EVAL_TEMPLATES:
-                p[k] = EVAL_TEMPLATES[k][0]
-        p["seg_answer"] = EVAL_TEMPLATES.get("res", (None, p["seg_answer"]))[1]
-    except ImportError:  # pragma: no cover
-        pass
-    # ours: a short description (Osprey's brief-caption form); the paper has no fixed template
-    p["short"] = "Please give me a short description of <region>."
+    p = {k: EVAL_TEMPLATES[k][0] for k in ("roc", "dlc", "res", "reasonseg", "dlres", "gcg")}
+    p["seg_answer"] = EVAL_TEMPLATES["res"][1]
+    p["short"] = EVAL_TEMPLATES["region_caption"][0]  # a short region description
     p["region_seg_suffix"] = " Please output segmentation mask."
     return p
 

@@ -8,37 +8,13 @@ optional title (the answer or caption) on top. Works on any list of masks and la
 from __future__ import annotations
 
 import os
-import textwrap
 from typing import Any, Sequence
 
 import numpy as np
 
-try:  # share the palette with the data-side overlay when present
-    from ..data.overlay import PALETTE
-except ImportError:  # pragma: no cover
-    PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-               (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255)]
+from ..data.overlay import color, draw_legend, legend_lines, tint
 
 __all__ = ["render_overlay", "draw_result", "save_overlay", "color"]
-
-
-def color(i: int) -> tuple[int, int, int]:
-    return tuple(PALETTE[i % len(PALETTE)])
-
-
-def _edge(m: np.ndarray, width: int = 1) -> np.ndarray:
-    """Pixels of ``m`` within ``width`` pixels of its border (4-neighbourhood erosion)."""
-    inner = m.copy()
-    for _ in range(max(1, width)):
-        e = inner.copy()
-        e[1:, :] &= inner[:-1, :]
-        e[:-1, :] &= inner[1:, :]
-        e[:, 1:] &= inner[:, :-1]
-        e[:, :-1] &= inner[:, 1:]
-        e[0, :] = e[-1, :] = False
-        e[:, 0] = e[:, -1] = False
-        inner = e
-    return m & ~inner
 
 
 def render_overlay(image, masks: Sequence[np.ndarray] = (), labels: Sequence[str] | None = None,
@@ -48,35 +24,15 @@ def render_overlay(image, masks: Sequence[np.ndarray] = (), labels: Sequence[str
 
     Colours: mask i gets colour i, outline j gets colour ``len(masks) + j``. The legend lists
     ``labels`` then ``outline_labels``; ``title`` goes above them. Returns an RGB ``PIL.Image`` of the
-    image's size.
+    image's size (the legend is drawn inside it, top left).
     """
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
-    base = image.convert("RGB")
-    w, h = base.size
-    arr = np.asarray(base, dtype=np.float32).copy()
-    thick = max(1, round(min(w, h) / 200))
-    items = [(m, True) for m in masks] + [(m, False) for m in outlines]
-    for i, (m, fill) in enumerate(items):
-        m = np.asarray(m).astype(bool)
-        if m.shape != (h, w):
-            raise ValueError(f"mask {i} has shape {m.shape}, the image is {h}x{w}")
-        c = np.array(color(i), dtype=np.float32)
-        if fill:
-            arr[m] = arr[m] * (1 - alpha) + c * alpha
-        arr[_edge(m, thick if fill else 2 * thick)] = c
-    out = Image.fromarray(arr.clip(0, 255).astype(np.uint8))
-
+    w, h = image.size
+    out = tint(image, masks, outlines, alpha, thickness=max(1, round(min(w, h) / 200)))
     labs = list(labels or [f"mask {i + 1}" for i in range(len(masks))])
     labs += list(outline_labels or [f"region {j + 1}" for j in range(len(outlines))])
-    font = ImageFont.load_default()
-    chars = max(16, (w - 30) // 6)
-    lines: list[tuple[int | None, str]] = []
-    if title:
-        lines += [(None, t) for t in textwrap.wrap(title, chars)[:6]]
-    for i, lab in enumerate(labs[: len(items)]):
-        wrapped = textwrap.wrap(str(lab), chars - 3)[:3] or [""]
-        lines += [(i, wrapped[0])] + [(-1, t) for t in wrapped[1:]]
+    lines = legend_lines(title, labs[: len(masks) + len(outlines)], max(16, (w - 30) // 6), 6, 3)
     if not lines:
         return out
     lh = 12
@@ -85,17 +41,7 @@ def render_overlay(image, masks: Sequence[np.ndarray] = (), labels: Sequence[str
     legend = Image.new("RGBA", (w, h), (0, 0, 0, 0))
     d = ImageDraw.Draw(legend)
     d.rectangle([0, 0, box_w, box_h], fill=(255, 255, 255, 190))
-    y = 2
-    for idx, text in lines:
-        if y + lh > h:
-            break
-        x = 3
-        if idx is not None and idx >= 0:
-            d.rectangle([x, y + 2, x + 8, y + 10], fill=color(idx) + (255,))
-        if idx is not None:
-            x += 13
-        d.text((x, y), text, fill=(0, 0, 0, 255), font=font)
-        y += lh
+    draw_legend(d, lines, 3, 2, lh, 8, limit_y=h)
     return Image.alpha_composite(out.convert("RGBA"), legend).convert("RGB")
 
 

@@ -40,6 +40,9 @@ class FCLMConfig(Qwen2_5_VLConfig):
     max_region_pixels (`int`): cap on foreground feature cells used by pixel enhancement.
     ce_weight, dice_weight, bce_weight, self_recon_weight, latent_weight (`float`): loss weights
         (§1.5). ``self_recon_weight`` is L_self (stage 1), ``latent_weight`` L_latent (stage 2).
+    self_recon_scope (`str`, "regions" | "all_objects"): L_self decodes the `<pos>` of the prompt's
+        regions (the paper), or also every annotated object of the batch's images (ours: many more
+        masks per step for the same LLM cost; only the position branch runs for those).
     latent_loss (`str`, "cosine" | "kl" | "mse") and latent_space (`str`, "prompt" | "llm").
     max_masks_per_sample (`int`, defaults to 5): targets sampled per example for the mask loss.
     stages (`dict[str, list[str]]`): per training stage, the module groups that train (others are
@@ -66,6 +69,7 @@ class FCLMConfig(Qwen2_5_VLConfig):
     dice_weight: float = 1.0
     bce_weight: float = 2.0
     self_recon_weight: float = 1.0
+    self_recon_scope: str = "regions"
     latent_weight: float = 1.0
     latent_loss: str = "cosine"
     latent_space: str = "prompt"
@@ -88,6 +92,8 @@ class FCLMConfig(Qwen2_5_VLConfig):
             raise ValueError(f"visual_prompt must be 'both', 'mask' or 'pos', got {self.visual_prompt!r}")
         if self.latent_loss not in ("cosine", "kl", "mse"):
             raise ValueError(f"latent_loss must be 'cosine', 'kl' or 'mse', got {self.latent_loss!r}")
+        if self.self_recon_scope not in ("regions", "all_objects"):
+            raise ValueError(f"self_recon_scope must be 'regions' or 'all_objects', got {self.self_recon_scope!r}")
         if self.latent_space not in ("prompt", "llm"):
             raise ValueError(f"latent_space must be 'prompt' or 'llm', got {self.latent_space!r}")
         for stage, groups in self.stages.items():

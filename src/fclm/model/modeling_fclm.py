@@ -185,6 +185,8 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         region_crop_masks: torch.Tensor | None = None,
         target_masks: list[torch.Tensor] | None = None,
         latent_pairs: torch.LongTensor | None = None,
+        object_masks: list[torch.Tensor] | None = None,
+        object_image_index: torch.LongTensor | None = None,
         decode_seg: bool | None = None,
         **kwargs,
     ) -> FCLMOutput:
@@ -201,6 +203,8 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                 local aggregation.
             target_masks: one ``(H, W)`` uint8 mask (0/1, 255 = ignore) per ``[SEG]``, row-major.
             latent_pairs: ``(P, 2)`` (``[SEG]`` index, region index) pairs for L_latent.
+            object_masks / object_image_index: every annotated object of the images and its batch
+                row, for L_self with ``self_recon_scope="all_objects"``.
             decode_seg: decode masks for every ``[SEG]`` (default: when SAM inputs are given).
         """
         cfg = self.config
@@ -225,7 +229,9 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         if target_masks is not None and len(target_masks) != len(sb):
             raise ValueError(f"input_ids hold {len(sb)} [SEG] tokens but {len(target_masks)} target masks were given")
         decode_seg = sam_pixel_values is not None if decode_seg is None else decode_seg
-        need_sam = decode_seg and len(sb) or (t_pos is not None and cfg.self_recon_weight > 0 and sam_pixel_values is not None)
+        self_masks, self_pos, self_index = self._self_recon_inputs(region_masks, t_pos, region_index,
+                                                                   object_masks, object_image_index, embeds.dtype)
+        need_sam = decode_seg and len(sb) or (self_masks and cfg.self_recon_weight > 0 and sam_pixel_values is not None)
         image_emb = sam_image_embeddings(self.sam, sam_pixel_values) if need_sam else None
 
         if decode_seg and len(sb):
@@ -243,9 +249,9 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                 result.loss_seg = cfg.dice_weight * result.loss_dice + cfg.bce_weight * result.loss_bce
                 terms["seg"] = result.loss_seg
 
-        if t_pos is not None and cfg.self_recon_weight > 0 and image_emb is not None:
-            rec = decode_masks(self.sam, self.seg_projector(t_pos), image_emb, region_index, sam_valid_sizes, original_sizes)
-            d, b = mask_losses(rec, [m.to(torch.uint8) for m in region_masks])
+        if self_masks and cfg.self_recon_weight > 0 and image_emb is not None:
+            rec = decode_masks(self.sam, self.seg_projector(self_pos), image_emb, self_index, sam_valid_sizes, original_sizes)
+            d, b = mask_losses(rec, [m.to(torch.uint8) for m in self_masks])
             result.loss_self = cfg.dice_weight * d + cfg.bce_weight * b
             terms["self"] = cfg.self_recon_weight * result.loss_self
 
@@ -260,6 +266,17 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         if terms:
             result.loss = sum(terms.values())
         return result
+
+    def _self_recon_inputs(self, region_masks, t_pos, region_index, object_masks, object_image_index, dtype):
+        """Masks, `<pos>` vectors and batch rows that L_self reconstructs."""
+        masks, pos, index = list(region_masks or []), t_pos, region_index
+        if self.config.self_recon_scope == "all_objects" and object_masks:
+            obj_pos, _ = self.region_extractor.encode_position(object_masks, dtype)
+            masks += list(object_masks)
+            pos = obj_pos if pos is None else torch.cat([pos, obj_pos])
+            idx = object_image_index.to(obj_pos.device)
+            index = idx if index is None else torch.cat([index, idx])
+        return masks, pos, index
 
     def _subsample_targets(self, seg_rows: torch.Tensor) -> torch.Tensor:
         """Indices of at most ``max_masks_per_sample`` random `[SEG]` targets per example."""

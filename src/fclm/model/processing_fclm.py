@@ -88,6 +88,7 @@ class EncodedExample:
     target_masks: list[np.ndarray] = field(default_factory=list)
     pair_keys_regions: list[str | None] = field(default_factory=list)
     pair_keys_segs: list[str | None] = field(default_factory=list)
+    object_masks: list[np.ndarray] = field(default_factory=list)  # all annotated objects (L_self scope)
 
 
 class FCLMProcessor:
@@ -96,7 +97,7 @@ class FCLMProcessor:
     def __init__(self, tokenizer, image_long_side: int = 1024, sam_image_size: int = 1024,
                  patch_size: int = 14, merge_size: int = 2, with_local_crops: bool = True,
                  crop_margin: float = 0.1, max_length: int = 4096,
-                 system_prompt: str = "You are a helpful assistant."):
+                 system_prompt: str = "You are a helpful assistant.", with_object_masks: bool = False):
         self.tokenizer = tokenizer
         self.token_ids = add_fclm_tokens(tokenizer)
         for t in CHAT_TOKENS:
@@ -106,6 +107,7 @@ class FCLMProcessor:
         self.patch_size, self.merge_size = patch_size, merge_size
         self.with_local_crops, self.crop_margin = with_local_crops, crop_margin
         self.max_length, self.system_prompt = max_length, system_prompt
+        self.with_object_masks = with_object_masks  # set from config.self_recon_scope by the trainer
         self.image_processor = _image_processor(image_long_side, patch_size, merge_size)
         self.pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
         self.im_end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -239,8 +241,11 @@ class FCLMProcessor:
         turns = list(ex.history)
         for k in range(0, len(turns) - 1, 2):
             hist.append((turns[k].text, turns[k + 1].text))
-        return self.encode(image, ex.user, ex.assistant, [obj_mask(i) for i in ex.region_ids], targets,
-                           hist, where, keys)
+        enc = self.encode(image, ex.user, ex.assistant, [obj_mask(i) for i in ex.region_ids], targets,
+                          hist, where, keys)
+        if self.with_object_masks:
+            enc.object_masks = [m for m in (obj_mask(i) for i in range(len(s.objects))) if m.any()]
+        return enc
 
     # ------------------------------------------------------------ batching
     def collate(self, items: list[EncodedExample], padding_side: str = "right") -> dict:
@@ -268,6 +273,9 @@ class FCLMProcessor:
             "region_masks": [torch.from_numpy(m) for it in items for m in it.region_masks],
             "target_masks": [torch.from_numpy(m) for it in items for m in it.target_masks],
         }
+        if any(it.object_masks for it in items):
+            batch["object_masks"] = [torch.from_numpy(m) for it in items for m in it.object_masks]
+            batch["object_image_index"] = torch.tensor([b for b, it in enumerate(items) for _ in it.object_masks])
         if self.with_local_crops and any(it.region_crops for it in items):
             batch["region_crop_pixel_values"] = torch.from_numpy(np.stack([c for it in items for c in it.region_crops]))
             batch["region_crop_masks"] = torch.from_numpy(np.stack([c for it in items for c in it.region_crop_masks]))

@@ -156,6 +156,13 @@ class HybridRegionExtractor(nn.Module):
         pooled = (pixels * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-6)
         return pixels, pad, pooled
 
+    def encode_position(self, region_masks: list[torch.Tensor], dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Position branch alone: R masks → T_pos ``(R, d)`` and their (cx, cy, w, h) ``(R, 4)``."""
+        centers_sizes = box_geometry(region_masks).to(dtype)
+        s = self.config.pos_grid_size
+        grid = torch.stack([mask_coverage(m[None], (s, s))[0] for m in region_masks]).to(dtype)
+        return self.pos_branch(torch.cat([grid.flatten(1), centers_sizes], 1)), centers_sizes
+
     def forward(
         self,
         region_masks: list[torch.Tensor],
@@ -177,10 +184,7 @@ class HybridRegionExtractor(nn.Module):
         """
         cfg = self.config
         dtype = vision_features[0].dtype
-        centers_sizes = box_geometry(region_masks).to(dtype)
-        s = cfg.pos_grid_size
-        grid = torch.stack([mask_coverage(m[None], (s, s))[0] for m in region_masks]).to(dtype)
-        t_pos = self.pos_branch(torch.cat([grid.flatten(1), centers_sizes], 1))
+        t_pos, centers_sizes = self.encode_position(region_masks, dtype)
 
         if cfg.use_local_aggregation:
             g = sam_crop_features.shape[-1]

@@ -42,6 +42,7 @@ def build_model(cfg: TrainConfig):
         setattr(model.config, k, v)
     model.config.validate_fclm()
     processor.with_local_crops = model.config.use_local_aggregation
+    processor.with_object_masks = model.config.self_recon_scope == "all_objects" and model.config.self_recon_weight > 0
     return model, processor
 
 

@@ -21,14 +21,18 @@ TEACHER_FORCED = ("res", "dlres", "reasonseg")
 
 
 def read_done(path: str) -> set[str]:
-    done = set()
+    """Ids already predicted in ``path``; a line cut by a crash (and anything after it) is removed."""
+    done, good = set(), []
     if os.path.exists(path):
         with open(path) as f:
             for line in f:
                 try:
                     done.add(json.loads(line)["id"])
                 except (ValueError, KeyError):
-                    break  # a line cut by a crash: everything after it is redone
+                    break  # everything from here is redone
+                good.append(line if line.endswith("\n") else line + "\n")
+        with open(path, "w") as f:
+            f.writelines(good)
     return done
 
 

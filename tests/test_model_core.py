@@ -214,3 +214,24 @@ def test_self_recon_all_objects_scope():
     assert not torch.isclose(out.loss_self, regions_only.loss_self)
     with pytest.raises(ValueError, match="self_recon_scope"):
         build_tiny(texts=TINY_TEXTS, self_recon_scope="everything")
+
+
+def test_latent_all_targets_scope_matches_explicit_pairs():
+    """T_pos depends on the mask alone, so pulling each [SEG] to its target's T_pos equals pairing it
+    with a DLC example of the same region."""
+    from conftest import TINY_TEXTS
+    from fclm.model.builders import build_tiny
+
+    model, proc = build_tiny(texts=TINY_TEXTS, latent_scope="all_targets", use_local_aggregation=False)
+    model.eval()
+    s = make_sample(seed=5)
+    res = Example("res", s, "Segment the box.", "Sure, [SEG].", target_ids=[1])
+    dlc = Example("dlc", s, "Describe <region>.", "a box thing", region_ids=[1])
+    with torch.no_grad():
+        dense = model(**proc([res]))
+        model.config.latent_scope = "pairs"
+        batch = proc([res, dlc])
+        batch["latent_pairs"] = torch.tensor([[0, 0]])
+        paired = model(**batch)
+    assert dense.loss_latent is not None
+    assert torch.allclose(dense.loss_latent, paired.loss_latent, atol=1e-5)

@@ -18,6 +18,10 @@ DEFAULT_BENCHMARK = {"res": ("refcoco", "val"), "reasonseg": ("reasonseg", "val"
                      "dlres": (None, None)}
 
 
+# synthetic answers are short: cap generation so an untrained model cannot run for 512 tokens
+SYNTHETIC_MAX_NEW_TOKENS = {"muse": 32, "dlc": 64, "gcg": 128}
+
+
 def register(sub) -> None:
     p = sub.add_parser("eval", help="run FCLM on a benchmark and score it with the reference protocol")
     p.add_argument("--task", required=True, choices=list(TASKS) + ["all"])
@@ -30,6 +34,7 @@ def register(sub) -> None:
     p.add_argument("--device")
     p.add_argument("--dtype")
     p.add_argument("--batch", type=int, default=32, help="queries per decode batch")
+    p.add_argument("--max-new-tokens", type=int, help="cap on generated tokens (default: per task; DLC/GCG 512)")
     p.add_argument("--judge-url", help="DLC-Bench judge: OpenAI-compatible endpoint")
     p.add_argument("--judge-model", default="meta-llama/Llama-3.1-8B-Instruct")
     p.add_argument("--no-progress", action="store_true")
@@ -59,14 +64,14 @@ def score_synthetic(task: str, samples: list, preds: dict) -> dict:
 
 def evaluate(pipeline, task: str, samples: list, out_dir: str, rank: int = 0, world: int = 1,
              batch: int = 32, progress: bool = True, score_opts: dict | None = None, wait=None,
-             synthetic: bool = False) -> dict | None:
+             synthetic: bool = False, max_new_tokens: int | None = None) -> dict | None:
     """Predict + score one task; returns the results dict on process 0 (None elsewhere)."""
     from .runner import predict
     from .score import score_predictions
 
     os.makedirs(out_dir, exist_ok=True)
     shard = os.path.join(out_dir, f"predictions.rank{rank}.jsonl" if world > 1 else "predictions.jsonl")
-    predict(pipeline, samples, task, shard, rank, world, batch, progress=progress)
+    predict(pipeline, samples, task, shard, rank, world, batch, max_new_tokens=max_new_tokens, progress=progress)
     if wait is not None:
         wait()
     if rank != 0:
@@ -122,7 +127,8 @@ def run(args) -> int:
                             judge_cache=os.path.join(args.out, "dlc", "judge_cache.jsonl"))
         r = evaluate(pipe, task, samples, os.path.join(args.out, task), state.process_index, state.num_processes,
                      args.batch, progress=not args.no_progress and state.is_main_process, score_opts=opts,
-                     wait=state.wait_for_everyone, synthetic=args.data == "synthetic")
+                     wait=state.wait_for_everyone, synthetic=args.data == "synthetic",
+                     max_new_tokens=args.max_new_tokens or (SYNTHETIC_MAX_NEW_TOKENS.get(task) if args.data == "synthetic" else None))
         if r is not None:
             results.append(r)
     if state.is_main_process:

@@ -44,6 +44,10 @@ class FCLMConfig(Qwen2_5_VLConfig):
         regions (the paper), or also every annotated object of the batch's images (ours: many more
         masks per step for the same LLM cost; only the position branch runs for those).
     latent_loss (`str`, "cosine" | "kl" | "mse") and latent_space (`str`, "prompt" | "llm").
+    latent_scope (`str`, "pairs" | "all_targets"): L_latent pulls the `[SEG]` of each DL-RES example
+        towards the `<pos>` of its paired DLC example (the paper), or every `[SEG]` towards the
+        `<pos>` of its target mask. T_pos depends on the mask alone, so the second is the same
+        pseudo-label without needing the DLC partner in the batch (ours).
     max_masks_per_sample (`int`, defaults to 5): targets sampled per example for the mask loss.
     stages (`dict[str, list[str]]`): per training stage, the module groups that train (others are
         frozen); groups are listed in ``fclm.model.configuration_fclm.MODULE_GROUPS``.
@@ -73,6 +77,7 @@ class FCLMConfig(Qwen2_5_VLConfig):
     latent_weight: float = 1.0
     latent_loss: str = "cosine"
     latent_space: str = "prompt"
+    latent_scope: str = "pairs"
     max_masks_per_sample: int = 5
     stages: dict | None = None
     mask_token_id: int | None = None
@@ -92,6 +97,8 @@ class FCLMConfig(Qwen2_5_VLConfig):
             raise ValueError(f"visual_prompt must be 'both', 'mask' or 'pos', got {self.visual_prompt!r}")
         if self.latent_loss not in ("cosine", "kl", "mse"):
             raise ValueError(f"latent_loss must be 'cosine', 'kl' or 'mse', got {self.latent_loss!r}")
+        if self.latent_scope not in ("pairs", "all_targets"):
+            raise ValueError(f"latent_scope must be 'pairs' or 'all_targets', got {self.latent_scope!r}")
         if self.self_recon_scope not in ("regions", "all_objects"):
             raise ValueError(f"self_recon_scope must be 'regions' or 'all_objects', got {self.self_recon_scope!r}")
         if self.latent_space not in ("prompt", "llm"):

@@ -81,6 +81,7 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                     # grid); segment-anything draws them with unit variance
                     m.positional_embedding.normal_(0.0, 1.0)
         self.region_extractor.semantic_guidance.reset_offsets()
+        self.region_extractor.reset_output_scale(self.config.text_config.initializer_range)
 
     # ------------------------------------------------------------------ pieces
     def module_groups(self) -> dict[str, list[nn.Module]]:
@@ -255,11 +256,22 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             result.loss_self = cfg.dice_weight * d + cfg.bce_weight * b
             terms["self"] = cfg.self_recon_weight * result.loss_self
 
-        if latent_pairs is not None and len(latent_pairs) and cfg.latent_weight > 0:
+        seg_vec = pos_vec = None
+        if cfg.latent_weight > 0 and cfg.latent_scope == "all_targets" and target_masks:
+            keep = [i for i, t in enumerate(target_masks) if bool((t == 1).any())]
+            if keep:
+                pos_vec, _ = self.region_extractor.encode_position([target_masks[i] == 1 for i in keep], embeds.dtype)
+                seg_vec = result.seg_queries[keep]
+        elif cfg.latent_weight > 0 and latent_pairs is not None and len(latent_pairs):
             seg_vec = result.seg_queries[latent_pairs[:, 0]]
             pos_vec = t_pos[latent_pairs[:, 1]]
+        if seg_vec is not None:
             if cfg.latent_space == "prompt":
-                seg_vec, pos_vec = self.seg_projector(seg_vec), self.seg_projector(pos_vec)
+                # the projector is a fixed map here (frozen in the paper's stage 2): letting L_latent
+                # train it collapses every output onto one direction (cosine 1 for any pair)
+                frozen = {k: v.detach() for k, v in self.seg_projector.named_parameters()}
+                project = lambda x: torch.func.functional_call(self.seg_projector, frozen, (x,))  # noqa: E731
+                seg_vec, pos_vec = project(seg_vec), project(pos_vec)
             result.loss_latent = latent_consistency(seg_vec, pos_vec, cfg.latent_loss)
             terms["latent"] = cfg.latent_weight * result.loss_latent
 

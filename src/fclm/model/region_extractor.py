@@ -10,7 +10,8 @@ Semantic branch, three progressive steps, each switchable (paper Table 9):
 
 then an MLP to the LLM width d → T_mask. With local aggregation off the pixel features are the
 vision encoder's cells inside the mask, so with everything off T_mask is the mask-pooled vision
-feature (the baseline row). Position branch: MLP over (mask on an S×S grid, centre, size) → T_pos.
+feature (the baseline row). Position branch: MLP over (the mask inside its box on an S×S grid, box
+centre, box size) → T_pos.
 """
 from __future__ import annotations
 
@@ -29,18 +30,6 @@ def mask_coverage(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         ``(R, gh, gw)`` float coverage in [0, 1].
     """
     return F.adaptive_avg_pool2d(masks.float().unsqueeze(1), size).squeeze(1)
-
-
-def box_geometry(masks: list[torch.Tensor]) -> torch.Tensor:
-    """``(R, 4)`` normalised (cx, cy, w, h) of each mask's bounding box."""
-    out = []
-    for m in masks:
-        ys, xs = torch.nonzero(m, as_tuple=True)
-        h, w = m.shape
-        x0, x1 = xs.min().float(), xs.max().float() + 1
-        y0, y1 = ys.min().float(), ys.max().float() + 1
-        out.append(torch.stack([(x0 + x1) / (2 * w), (y0 + y1) / (2 * h), (x1 - x0) / w, (y1 - y0) / h]))
-    return torch.stack(out)
 
 
 class Mlp(nn.Sequential):
@@ -140,6 +129,17 @@ class HybridRegionExtractor(nn.Module):
         self.semantic_guidance = DeformableGuidance(r, d, config.deformable_heads, config.deformable_points)
         self.mask_out = Mlp([r, d, d])
         self.pos_branch = Mlp([s * s + 4, r, d, d])
+        self.reset_output_scale()
+
+    @torch.no_grad()
+    def reset_output_scale(self, std: float = 0.02) -> None:
+        """Start T_mask / T_pos at the scale of the LLM's token embeddings (N(0, 0.02) rows), not
+        ~10× above it where they would swamp the residual stream of the prompt."""
+        for mlp in (self.mask_out, self.pos_branch):
+            last = mlp[-1]
+            if not last.weight.is_meta:
+                last.weight.normal_(0.0, std)
+                last.bias.zero_()
 
     def _pixels(self, feats: torch.Tensor, cover: torch.Tensor, cap: int):
         """Select cells with coverage > 0 (at most ``cap``, the most covered) of each region.
@@ -157,11 +157,25 @@ class HybridRegionExtractor(nn.Module):
         return pixels, pad, pooled
 
     def encode_position(self, region_masks: list[torch.Tensor], dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Position branch alone: R masks → T_pos ``(R, d)`` and their (cx, cy, w, h) ``(R, 4)``."""
-        centers_sizes = box_geometry(region_masks).to(dtype)
+        """Position branch alone: R masks → T_pos ``(R, d)`` and their (cx, cy, w, h) ``(R, 4)``.
+
+        The S×S grid is the mask inside its own bounding box: with the box it pins down the region's
+        shape as well as its place (an image-wide S×S grid would blur a small region to a blob).
+        """
         s = self.config.pos_grid_size
-        grid = torch.stack([mask_coverage(m[None], (s, s))[0] for m in region_masks]).to(dtype)
-        return self.pos_branch(torch.cat([grid.flatten(1), centers_sizes], 1)), centers_sizes
+        grids, geo = [], []
+        for m in region_masks:
+            ys, xs = torch.nonzero(m, as_tuple=True)
+            y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+            grids.append(mask_coverage(m[None, y0:y1, x0:x1], (s, s))[0])
+            h, w = m.shape
+            geo.append(torch.tensor([(x0 + x1) / (2 * w), (y0 + y1) / (2 * h), (x1 - x0) / w, (y1 - y0) / h]))
+        grid = torch.stack(grids).to(dtype)
+        centers_sizes = torch.stack(geo).to(device=grid.device, dtype=dtype)
+        # inputs centred on 0: raw coverages/coordinates in [0, 1] share a large mean that makes
+        # every region's T_pos point the same way (pairwise cosine ≈ 0.97 at initialisation)
+        feats = torch.cat([grid.flatten(1), centers_sizes], 1) * 2 - 1
+        return self.pos_branch(feats), centers_sizes
 
     def forward(
         self,

@@ -55,7 +55,7 @@ def train_stages(out: str, stage1_steps: int | None = None, stage2_steps: int | 
 def evaluate_all(model_dir: str, out: str, test_scenes: int = 60, tasks=TASK_ORDER, progress: bool = True) -> dict:
     """Every task on held-out synthetic test scenes, with its trivial baseline beside it."""
     from ..data.synthetic import generate_scenes
-    from ..eval.cli_eval import evaluate, score_synthetic
+    from ..eval.cli_eval import SYNTHETIC_MAX_NEW_TOKENS, evaluate, score_synthetic
     from ..eval.synthetic_metrics import (constant_caption_predictions, majority_label_predictions,
                                           whole_image_predictions)
     from ..infer.pipeline import FCLMPipeline
@@ -67,7 +67,8 @@ def evaluate_all(model_dir: str, out: str, test_scenes: int = 60, tasks=TASK_ORD
     for task in tasks:
         tdir = os.path.join(out, "eval", task)
         shutil.rmtree(tdir, ignore_errors=True)
-        r = evaluate(pipe, task, samples, tdir, progress=progress, synthetic=True)
+        r = evaluate(pipe, task, samples, tdir, progress=progress, synthetic=True,
+                     max_new_tokens=SYNTHETIC_MAX_NEW_TOKENS.get(task))
         if task in ("res", "dlres", "reasonseg", "muse", "gcg"):
             base = score_synthetic(task, samples, whole_image_predictions(samples, task))["metrics"]
             base_name = "whole-image mask"

@@ -129,6 +129,12 @@ ROC_QUESTIONS: tuple[str, ...] = (
     "Name the object in <region> with a single word or phrase.",
 )
 DLC_EVAL_QUESTION = DLC_QUESTIONS[0]
+#: ROC over several regions at once (the seed's Figure 7 form; ours otherwise): ``{regions}`` is
+#: "<region>, <region> and <region>", the answer the labels in the same order, comma-separated
+ROC_MULTI_QUESTIONS: tuple[str, ...] = (
+    "Please identify the labels of each marked {regions} in the image. Answer with one word or phrase each.",
+    "What are the categories of {regions}? Answer with one word or phrase each, in order.",
+)
 #: short region captions (Visual Genome-style; Osprey's brief-description form; ours)
 REGION_CAPTION_QUESTIONS: tuple[str, ...] = (
     "Please give me a short description of <region>.",

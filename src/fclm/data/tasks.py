@@ -28,7 +28,7 @@ from ..eval.queries import Query, iter_queries
 from . import prompts as P
 from .schema import Example, FCLMDataError, RegionObject, Sample
 
-TASK_NAMES = ("res", "reasonseg", "muse", "dlres", "roc", "dlc", "region_caption", "gcg", "region_seg", "conversation")
+TASK_NAMES = ("res", "reasonseg", "muse", "dlres", "roc", "roc_multi", "dlc", "region_caption", "gcg", "region_seg", "conversation")
 
 NO_TARGET_ANSWER = "There is no such object in the image."  # ours: a grounding query with no target
 
@@ -255,6 +255,20 @@ def build_region_caption(sample: Sample, rng=None, eval: bool = False) -> list[E
             for i, ob in enumerate(sample.objects) if ob.expressions]
 
 
+def build_roc_multi(sample: Sample, rng=None, eval: bool = False) -> list[Example]:
+    """ROC for every labelled region of the image in one example (more supervision per sequence)."""
+    ids = [i for i, ob in enumerate(sample.objects) if ob.category]
+    if len(ids) < 2:
+        return build_roc(sample, rng, eval)
+    if not eval and rng is not None:
+        ids = [ids[k] for k in (rng.permutation(len(ids)) if hasattr(rng, "permutation")
+                                else rng.sample(range(len(ids)), len(ids)))]
+    regions = ", ".join([P.REGION] * (len(ids) - 1)) + " and " + P.REGION
+    q = P.ROC_MULTI_QUESTIONS[0] if eval or rng is None else _choice(rng, P.ROC_MULTI_QUESTIONS)
+    answer = ", ".join(sample.objects[i].category.strip() for i in ids)
+    return [Example("roc_multi", sample, q.format(regions=regions), answer, region_ids=ids)]
+
+
 def build_roc(sample: Sample, rng=None, eval: bool = False) -> list[Example]:
     """Referring object classification: one example per object with a category; the answer is the label."""
     if eval:
@@ -368,6 +382,7 @@ BUILDERS: dict[str, Callable[..., list[Example]]] = {
     "muse": build_muse,
     "dlres": build_dlres,
     "roc": build_roc,
+    "roc_multi": build_roc_multi,
     "dlc": build_dlc,
     "region_caption": build_region_caption,
     "gcg": build_gcg,

@@ -7,11 +7,20 @@ from torch import nn
 
 
 class SegProjector(nn.Sequential):
-    """LLM-width vector → one SAM sparse prompt token: Linear(d, d) → ReLU → Linear(d, 256)."""
+    """LLM-width vector → one SAM sparse prompt token: Linear(d, d) → ReLU → Linear(d, 256).
+
+    The input is RMS-normalised first (no parameters): `[SEG]` states leave the LLM's final norm at
+    one scale and `<pos>` embeddings live at the token-embedding scale, and the same projector
+    decodes both (L_self) and compares both (L_latent in prompt space).
+    """
 
     def __init__(self, llm_hidden_size: int, prompt_size: int):
         super().__init__(nn.Linear(llm_hidden_size, llm_hidden_size), nn.ReLU(),
                          nn.Linear(llm_hidden_size, prompt_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(x.dtype)
+        return super().forward(x)
 
 
 def sam_image_embeddings(sam, pixel_values: torch.Tensor) -> torch.Tensor:

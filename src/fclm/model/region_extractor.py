@@ -32,6 +32,19 @@ def mask_coverage(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.adaptive_avg_pool2d(masks.float().unsqueeze(1), size).squeeze(1)
 
 
+class RMSNorm(nn.Module):
+    """``x / rms(x) * weight`` (written out: ``nn.RMSNorm``'s fused kernel is not bit-stable across a
+    save/load round trip)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
 class Mlp(nn.Sequential):
     def __init__(self, dims: list[int], act=nn.GELU):
         layers: list[nn.Module] = []
@@ -129,17 +142,19 @@ class HybridRegionExtractor(nn.Module):
         self.semantic_guidance = DeformableGuidance(r, d, config.deformable_heads, config.deformable_points)
         self.mask_out = Mlp([r, d, d])
         self.pos_branch = Mlp([s * s + 4, r, d, d])
+        # RMS-normalised outputs with a gain at the token embeddings' scale: unnormalised, their norm
+        # drifts to ~20× the embeddings', and the LLM's RMSNorm then shrinks the gradient of every
+        # region-specific direction by that factor (the region tokens stop being told apart)
+        self.mask_norm = RMSNorm(d)
+        self.pos_norm = RMSNorm(d)
         self.reset_output_scale()
 
     @torch.no_grad()
     def reset_output_scale(self, std: float = 0.02) -> None:
-        """Start T_mask / T_pos at the scale of the LLM's token embeddings (N(0, 0.02) rows), not
-        ~10× above it where they would swamp the residual stream of the prompt."""
-        for mlp in (self.mask_out, self.pos_branch):
-            last = mlp[-1]
-            if not last.weight.is_meta:
-                last.weight.normal_(0.0, std)
-                last.bias.zero_()
+        """Start T_mask / T_pos at the scale of the LLM's token embeddings (N(0, std) rows)."""
+        for norm in (self.mask_norm, self.pos_norm):
+            if not norm.weight.is_meta:
+                norm.weight.fill_(std)
 
     def _pixels(self, feats: torch.Tensor, cover: torch.Tensor, cap: int):
         """Select cells with coverage > 0 (at most ``cap``, the most covered) of each region.
@@ -175,7 +190,7 @@ class HybridRegionExtractor(nn.Module):
         # inputs centred on 0: raw coverages/coordinates in [0, 1] share a large mean that makes
         # every region's T_pos point the same way (pairwise cosine ≈ 0.97 at initialisation)
         feats = torch.cat([grid.flatten(1), centers_sizes], 1) * 2 - 1
-        return self.pos_branch(feats), centers_sizes
+        return self.pos_norm(self.pos_branch(feats)), centers_sizes
 
     def forward(
         self,
@@ -224,4 +239,4 @@ class HybridRegionExtractor(nn.Module):
                 sel = (region_image_index == i).nonzero(as_tuple=True)[0]
                 out[sel] = self.semantic_guidance(t[sel], vision_features[i], centers_sizes[sel, :2])
             t = out
-        return self.mask_out(t), t_pos
+        return self.mask_norm(self.mask_out(t)), t_pos

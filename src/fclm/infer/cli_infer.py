@@ -129,14 +129,19 @@ def _print_json(obj) -> None:
     sys.stdout.write("\n")
 
 
-@_guard
-def run_describe(args) -> int:
-    _need_regions(args, "describe")
+def _run_regions(args, task: str) -> int:
+    """`describe` / `classify`: one text per region, printed or as JSON, optional overlay."""
+    _need_regions(args, task)
     pipe = _pipeline(args)
     img, masks = _load(args, pipe)
-    res = pipe.describe(img, masks, detailed=not args.brief, max_new_tokens=args.max_new_tokens)
+    if task == "describe":
+        res = pipe.describe(img, masks, detailed=not args.brief, max_new_tokens=args.max_new_tokens)
+        extra = {}
+    else:
+        res = pipe.classify_many([(img, masks)], max_new_tokens=args.max_new_tokens)[0]
+        extra = {"labels": [r.text for r in res]}
     if args.json:
-        _print_json({"image": args.image, "task": "describe", "image_size": [img.size[1], img.size[0]],
+        _print_json({"image": args.image, "task": task, "image_size": [img.size[1], img.size[0]], **extra,
                      "regions": [r.to_dict() for r in res]})
     else:
         for r in res:
@@ -146,19 +151,13 @@ def run_describe(args) -> int:
 
 
 @_guard
+def run_describe(args) -> int:
+    return _run_regions(args, "describe")
+
+
+@_guard
 def run_classify(args) -> int:
-    _need_regions(args, "classify")
-    pipe = _pipeline(args)
-    img, masks = _load(args, pipe)
-    res = pipe.classify_many([(img, masks)], max_new_tokens=args.max_new_tokens)[0]
-    if args.json:
-        _print_json({"image": args.image, "task": "classify", "image_size": [img.size[1], img.size[0]],
-                     "labels": [r.text for r in res], "regions": [r.to_dict() for r in res]})
-    else:
-        for r in res:
-            print(f"region {r.region + 1}: {r.text}")
-    _save(args, img, res, masks)
-    return 0
+    return _run_regions(args, "classify")
 
 
 @_guard

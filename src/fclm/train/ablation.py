@@ -1,7 +1,7 @@
 """`fclm quickstart --ablate`: FCLM's two consistency losses tested in miniature.
 
 Trains the quickstart recipe four times on the same seeds — with and without L_self (stage 1) and
-with and without L_latent (stage 2); the two stage-1 runs are shared — and evaluates RES, DL-RES
+with and without L_latent (both stages: the quickstart uses it in stage 1 too) — and evaluates RES, DL-RES
 and ROC on the same held-out test scenes. Writes ``ablation.json`` and ``ablation.md``. The figures
 are reported as measured, whichever way they fall.
 """
@@ -23,13 +23,15 @@ def run_ablation(out: str, stage1_steps: int | None = None, stage2_steps: int | 
 
     rows = []
     for use_self in (True, False):
-        s1_dir = os.path.join(out, f"stage1-self{int(use_self)}")
-        o1 = [f"output_dir={s1_dir}", f"seed={seed}", f"model.overrides.self_recon_weight={1.0 if use_self else 0.0}"]
-        if stage1_steps:
-            o1.append(f"steps={stage1_steps}")
-        final1 = Trainer(load_train_config(packaged_config("quickstart-stage1.yaml"), o1), progress=progress).run()
         for use_latent in (True, False):
             name = f"self{int(use_self)}-latent{int(use_latent)}"
+            # L_latent off means off in both stages (the quickstart's stage 1 uses it on all targets)
+            o1 = [f"output_dir={os.path.join(out, f'stage1-{name}')}", f"seed={seed}",
+                  f"model.overrides.self_recon_weight={1.0 if use_self else 0.0}",
+                  f"model.overrides.latent_weight={1.0 if use_latent else 0.0}"]
+            if stage1_steps:
+                o1.append(f"steps={stage1_steps}")
+            final1 = Trainer(load_train_config(packaged_config("quickstart-stage1.yaml"), o1), progress=progress).run()
             s2_dir = os.path.join(out, f"stage2-{name}")
             o2 = [f"output_dir={s2_dir}", f"model.path={final1}", f"seed={seed + 1}",
                   f"model.overrides.latent_weight={1.0 if use_latent else 0.0}"]
@@ -39,7 +41,8 @@ def run_ablation(out: str, stage1_steps: int | None = None, stage2_steps: int | 
             metrics = evaluate_all(final2, s2_dir, test_scenes, ABLATION_TASKS, progress=progress)
             rows.append({"L_self": use_self, "L_latent": use_latent,
                          **{f"{t}/{k}": v for t, m in metrics.items() for k, v in m["metrics"].items()}})
-            shutil.rmtree(os.path.join(s2_dir, "checkpoints"), ignore_errors=True)
+            for d in (os.path.join(out, f"stage1-{name}", "checkpoints"), os.path.join(s2_dir, "checkpoints")):
+                shutil.rmtree(d, ignore_errors=True)
     cols = [k for k in rows[0] if k not in ("L_self", "L_latent")]
     lines = ["| L_self | L_latent | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for r in rows:

@@ -9,8 +9,12 @@ def read_log(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_losses(log_paths: str | list[str], out_png: str, smooth: int = 10, labels: list[str] | None = None) -> str:
-    """One panel per loss term, each run a line (moving average over ``smooth`` steps)."""
+def plot_losses(log_paths: str | list[str], out_png: str, smooth: int = 10, labels: list[str] | None = None,
+                chain: bool = False) -> str:
+    """One panel per loss term, each run a line (moving average over ``smooth`` steps).
+
+    ``chain``: runs follow each other (stage 2 after stage 1): each run's steps are offset by the
+    previous runs' last step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,10 +25,14 @@ def plot_losses(log_paths: str | list[str], out_png: str, smooth: int = 10, labe
     runs = [read_log(p) for p in paths]
     terms = [t for t in ("loss", "loss_ce", "loss_seg", "loss_dice", "loss_bce", "loss_self", "loss_latent")
              if any(t in r for run in runs for r in run)]
+    offsets = [0] * len(runs)
+    if chain:
+        for k in range(1, len(runs)):
+            offsets[k] = offsets[k - 1] + max((r["step"] for r in runs[k - 1]), default=0)
     fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms), 3), squeeze=False)
     for ax, term in zip(axes[0], terms):
         for k, run in enumerate(runs):
-            pts = [(r["step"], r[term]) for r in run if term in r]
+            pts = [(r["step"] + offsets[k], r[term]) for r in run if term in r]
             if not pts:
                 continue
             x, y = map(np.asarray, zip(*pts))

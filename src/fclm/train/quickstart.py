@@ -170,7 +170,7 @@ def run_quickstart(out: str = "fclm-quickstart", stage1_steps: int | None = None
     t2 = time.time()
     logs = [p for p in (os.path.join(out, "stage1", "log.jsonl"), os.path.join(out, "stage2", "log.jsonl"))
             if os.path.exists(p)]
-    plot_losses(logs, os.path.join(out, "loss_curves.png"), labels=["stage 1", "stage 2"][: len(logs)])
+    plot_losses(logs, os.path.join(out, "loss_curves.png"), labels=["stage 1", "stage 2"][: len(logs)], chain=True)
     timings.update(eval=t2 - t1, total=t2 - t0)
     result = {"metrics": metrics, "timings_s": timings, "model": model_dir, "test_scenes": test_scenes}
     with open(os.path.join(out, "metrics.json"), "w") as f:

@@ -41,3 +41,24 @@ def make_sample(h=96, w=128, seed=0):
     objs = [RegionObject(mask=encode_mask(m), category=c, caption=f"a {c} thing")
             for m, c in ((m1, "square"), (m2, "box"), (m3, "circle"))]
     return Sample(id=f"s{seed}", source="test", image=ImageRef(array=img), height=h, width=w, objects=objs)
+
+
+def write_tiny_train_config(path, out_dir, tasks=(("res", "dlres"), ("roc", "dlc")), **extra):
+    """A few-second training config (tiny model, 128-px synthetic scenes) written as YAML."""
+    import yaml
+
+    weights = [2] + [1] * (len(tasks) - 1)
+    cfg = {
+        "stage": "stage1",
+        "output_dir": str(out_dir),
+        "model": {"init": "tiny", "overrides": {"self_recon_weight": 1.0, "latent_weight": 0.0}},
+        "trainable": ["vision_encoder", "llm", "region_extractor", "seg_projector", "mask_decoder",
+                      "sam_image_encoder"],
+        "data": {"synthetic": {"num_scenes": 50, "seed": 0, "image_size": 128},
+                 "sources": [{"name": "synthetic", "tasks": list(t), "weight": w} for t, w in zip(tasks, weights)]},
+        "optim": {"lr": 1.0e-3, "warmup_steps": 2, "schedule": "cosine"},
+        "per_device_batch": 2, "grad_accum": 1, "log_every": 1, "seed": 0,
+    }
+    cfg.update(extra)
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)

@@ -15,30 +15,17 @@ import sys
 
 import pytest
 import torch
-import yaml
+
+from conftest import write_tiny_train_config
 
 STEPS = 4
 LOSS_TOL = 1e-4  # relative, on every logged loss term of every step
 
 
 def write_config(path, out_dir, grad_accum):
-    cfg = {
-        "stage": "stage1",
-        "output_dir": str(out_dir),
-        "model": {"init": "tiny", "overrides": {"self_recon_weight": 1.0, "latent_weight": 0.0}},
-        "trainable": ["vision_encoder", "llm", "region_extractor", "seg_projector", "mask_decoder",
-                      "sam_image_encoder"],
-        # tasks with at most 5 targets: the random subsampling of >5 `[SEG]` targets draws from
-        # each process's own torch RNG, which 1 and 2 processes consume differently
-        "data": {"synthetic": {"num_scenes": 50, "seed": 0, "image_size": 128},
-                 "sources": [{"name": "synthetic", "tasks": ["res", "dlres"], "weight": 2},
-                             {"name": "synthetic", "tasks": ["roc", "dlc"], "weight": 1}]},
-        "optim": {"lr": 1.0e-3, "warmup_steps": 2, "schedule": "cosine"},
-        "steps": STEPS, "per_device_batch": 2, "grad_accum": grad_accum, "save_every": STEPS,
-        "log_every": 1, "seed": 0,
-    }
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
+    # tasks with at most 5 targets: the random subsampling of >5 `[SEG]` targets draws from
+    # each process's own torch RNG, which 1 and 2 processes consume differently
+    return write_tiny_train_config(path, out_dir, steps=STEPS, grad_accum=grad_accum, save_every=STEPS)
 
 
 def free_port():

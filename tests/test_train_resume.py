@@ -9,30 +9,18 @@ import time
 
 import pytest
 import torch
-import yaml
+
+from conftest import write_tiny_train_config
 
 STEPS, SAVE_EVERY = 24, 4
 
 
 def write_config(path, out_dir, **extra):
-    cfg = {
-        "stage": "stage1",
-        "output_dir": str(out_dir),
-        "model": {"init": "tiny", "overrides": {"self_recon_weight": 1.0, "latent_weight": 0.0}},
-        "trainable": ["vision_encoder", "llm", "region_extractor", "seg_projector", "mask_decoder",
-                      "sam_image_encoder"],
-        "data": {"synthetic": {"num_scenes": 50, "seed": 0, "image_size": 128},
-                 "sources": [{"name": "synthetic", "tasks": ["res", "dlres"], "weight": 2},
-                             {"name": "synthetic", "tasks": ["roc", "dlc"], "weight": 1},
-                             {"name": "synthetic", "tasks": ["reasonseg", "muse", "gcg", "region_seg"],
-                              "weight": 1}]},
-        "optim": {"lr": 1.0e-3, "warmup_steps": 3, "schedule": "cosine"},
-        "steps": STEPS, "per_device_batch": 2, "grad_accum": 1, "save_every": SAVE_EVERY,
-        "keep_checkpoints": 2, "log_every": 1, "seed": 0,
-    }
-    cfg.update(extra)
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
+    tasks = (("res", "dlres"), ("roc", "dlc"), ("reasonseg", "muse", "gcg", "region_seg"))
+    opts = dict(steps=STEPS, save_every=SAVE_EVERY, keep_checkpoints=2, optim={"lr": 1.0e-3, "warmup_steps": 3,
+                                                                             "schedule": "cosine"})
+    opts.update(extra)
+    return write_tiny_train_config(path, out_dir, tasks, **opts)
 
 
 def train_cmd(config, *args):

@@ -66,7 +66,7 @@ def build_tiny_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 1
     return hf
 
 
-TINY_SIZES = dict(image_long_side=224, sam_image_size=256)
+TINY_SIZES = dict(image_long_side=168, sam_image_size=256)
 
 
 def tiny_config(vocab_size: int, **overrides) -> FCLMConfig:

@@ -62,3 +62,16 @@ def write_tiny_train_config(path, out_dir, tasks=(("res", "dlres"), ("roc", "dlc
     cfg.update(extra)
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
+
+
+class TableEncoder:
+    """Deterministic fake text encoder for metric tests: a fixed vector per text, L2-normalised."""
+
+    name = "table"
+
+    def __init__(self, table):
+        self.table = table
+
+    def encode(self, texts):
+        v = np.array([self.table[t] for t in texts], dtype=float)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)

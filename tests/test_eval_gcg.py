@@ -12,15 +12,7 @@ from fclm.eval.metrics.gcg import (GCGImage, GCGPrediction, caption_scores, eval
                                    greedy_miou, greedy_text_matches, mask_ap50, strip_tags)
 
 
-class TableEncoder:
-    name = "table"
-
-    def __init__(self, table):
-        self.table = table
-
-    def encode(self, texts):
-        v = np.array([self.table[t] for t in texts], dtype=float)
-        return v / np.linalg.norm(v, axis=1, keepdims=True)
+from conftest import TableEncoder  # noqa: E402
 
 
 def box(h, w, y0, y1, x0, x1):

@@ -1,5 +1,4 @@
 """Known-answer tests for ROC (Osprey SS/sIoU) and DLC-Bench scoring (DAM)."""
-import numpy as np
 import pytest
 
 from fclm.eval.metrics import dlc
@@ -7,17 +6,7 @@ from fclm.eval.metrics.roc import clean_prediction, clean_reference, roc_scores,
 from fclm.eval.metrics.text_sim import SentenceModelError, load_sentence_model, load_text_encoder
 
 
-class TableEncoder:
-    """Deterministic fake encoder: a fixed vector per text."""
-
-    name = "table"
-
-    def __init__(self, table):
-        self.table = table
-
-    def encode(self, texts):
-        v = np.array([self.table[t] for t in texts], dtype=float)
-        return v / np.linalg.norm(v, axis=1, keepdims=True)
+from conftest import TableEncoder  # noqa: E402
 
 
 def test_roc_text_cleanup_matches_osprey():

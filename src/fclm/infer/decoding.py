@@ -250,14 +250,9 @@ def run_batch(model, processor, requests: list[Request], options: GenerationOpti
         t_mask, t_pos = model.region_extractor(masks_all, rows_t, vis_rows, crop_feats, crop_masks)
         k = 0
         for r, ids in enumerate(row_ids):
-            t = torch.tensor(ids, device=dev)
-            mpos = torch.nonzero(t == cfg.mask_token_id)[:, 0]
-            ppos = torch.nonzero(t == cfg.pos_token_id)[:, 0]
             n = len(requests[r].regions)
-            if cfg.visual_prompt in ("both", "mask"):
-                row_emb[r][mpos] = t_mask[k: k + n].to(dtype)
-            if cfg.visual_prompt in ("both", "pos"):
-                row_emb[r][ppos] = t_pos[k: k + n].to(dtype)
+            row_emb[r] = model.place_visual_prompts(row_emb[r], torch.tensor(ids, device=dev),
+                                                    t_mask[k: k + n], t_pos[k: k + n])
             k += n
 
     # M-RoPE positions per row, unpadded (rows with identical ids share the computation)

@@ -156,12 +156,21 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                     raise ValueError("use_local_aggregation needs region_crop_pixel_values from the processor")
                 crop_feats = sam_image_embeddings(self.sam, region_crop_pixel_values)
             t_mask, t_pos = self.region_extractor(region_masks, region_index, vision, crop_feats, region_crop_masks)
-            vp = self.config.visual_prompt
-            if vp in ("both", "mask"):
-                embeds = embeds.index_put((mb, ml), t_mask.to(embeds.dtype))
-            if vp in ("both", "pos"):
-                embeds = embeds.index_put((pb, pl), t_pos.to(embeds.dtype))
+            embeds = self.place_visual_prompts(embeds, input_ids, t_mask, t_pos)
         return embeds, vision, t_mask, t_pos, region_index
+
+    def place_visual_prompts(self, embeds: torch.Tensor, input_ids: torch.Tensor, t_mask: torch.Tensor,
+                             t_pos: torch.Tensor) -> torch.Tensor:
+        """Write T_mask / T_pos into the ``<mask>`` / ``<pos>`` slots (row-major order), as
+        ``config.visual_prompt`` says; works on a batch ``(B, L, d)`` or one row ``(L, d)``."""
+        vp = self.config.visual_prompt
+        if vp in ("both", "mask"):
+            embeds = embeds.index_put(torch.nonzero(input_ids == self.config.mask_token_id, as_tuple=True),
+                                      t_mask.to(embeds.dtype))
+        if vp in ("both", "pos"):
+            embeds = embeds.index_put(torch.nonzero(input_ids == self.config.pos_token_id, as_tuple=True),
+                                      t_pos.to(embeds.dtype))
+        return embeds
 
     def run_language_model(self, inputs_embeds, attention_mask, position_ids, cache=None, use_cache=False):
         """Call the Qwen text model; ``cache`` keyword differs across transformers 5.x releases."""

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from conftest import make_sample
-from fclm.data.schema import Example, FCLMDataError
+from fclm.data.masks import decode_rle
+from fclm.data.schema import Example, FCLMDataError, Turn
 from fclm.model.stages import apply_stage
 
 
@@ -42,6 +43,30 @@ def test_batch_slots_and_labels(tiny):
         assert lab.min() > last_start
         assert proc.decode(ids[b, lab]).startswith(mixed_examples()[b].assistant)
     assert batch["target_masks"][0].shape == (80, 80)
+
+
+def test_multi_turn_slots_follow_turn_order(tiny):
+    """Slots of history turns come first: a region asked about in turn 1 (Osprey conversations) and
+    one `[SEG]` per turn (multi-turn RES) map to their masks in turn order; every answer is labelled."""
+    model, proc, _ = tiny
+    s = make_sample(seed=3)
+    hist = [Turn("user", "What is <region>?"), Turn("assistant", "A square."),
+            Turn("user", "Segment the red circle."), Turn("assistant", "Sure, [SEG].")]
+    ex = Example("conversation", s, "And <region> next to the square?", "It is [SEG].", region_ids=[0, 1],
+                 target_ids=[2, 1], history=hist)
+    enc = proc.encode_example(ex)
+    obj = [decode_rle(o.mask) for o in s.objects]
+    assert [(m == obj[i]).all() for m, i in zip(enc.region_masks, [0, 1])] == [True, True]
+    assert [(t == obj[i]).all() for t, i in zip(enc.target_masks, [2, 1])] == [True, True]
+    ids = torch.tensor(enc.input_ids)
+    assert int((ids == model.config.mask_token_id).sum()) == 2 and int((ids == model.config.seg_token_id).sum()) == 2
+    labelled = proc.decode([i for i, l in zip(enc.input_ids, enc.labels) if l != -100])
+    assert "A square." in labelled and labelled.count("[SEG]") == 2
+    out = model(**proc([ex]))
+    assert torch.isfinite(out.loss) and out.loss_dice is not None
+    with pytest.raises(FCLMDataError, match="3 <region> slots but 2 region masks"):
+        proc.encode_example(Example("conversation", s, "And <region> and <region>?", "Yes.", region_ids=[0, 1], target_ids=[2],
+                                    history=hist))
 
 
 def test_forward_all_losses_finite_and_differentiable(tiny):
@@ -119,6 +144,7 @@ def test_sam_embedding_computed_once_per_image(tiny, monkeypatch):
     dict(visual_prompt="pos"),
     dict(latent_loss="kl", latent_space="llm"),
     dict(latent_loss="mse"),
+    dict(pos_fourier_bands=5),
 ])
 def test_ablation_configs_run(overrides):
     from conftest import TINY_TEXTS
@@ -130,6 +156,29 @@ def test_ablation_configs_run(overrides):
     out = model(**batch)
     assert torch.isfinite(out.loss)
     assert ("region_crop_pixel_values" in batch) == model.config.use_local_aggregation
+
+
+def test_pos_fourier_bands_separate_nearby_boxes():
+    """The Fourier encoding feeds sin/cos of the box to the position branch: two masks one pixel
+    apart differ in the branch input by the high bands, where raw coordinates differ by 1/W."""
+    from conftest import TINY_TEXTS
+    from fclm.model.builders import build_tiny
+    from fclm.model.configuration_fclm import FCLMConfig
+
+    model, _ = build_tiny(texts=TINY_TEXTS, pos_fourier_bands=6)
+    rx = model.region_extractor
+    assert rx.pos_branch[0].in_features == model.config.pos_grid_size**2 + 4 + 8 * 6
+    a, b = torch.zeros(64, 64, dtype=torch.bool), torch.zeros(64, 64, dtype=torch.bool)
+    a[10:20, 10:20], b[10:20, 11:21] = True, True
+    seen = []
+    rx.pos_branch[0].register_forward_hook(lambda m, i, o: seen.append(i[0]))
+    t_pos, geo = rx.encode_position([a, b], torch.float32)
+    assert t_pos.shape == (2, model.config.llm_hidden_size) and torch.isfinite(t_pos).all()
+    raw = (seen[0][0, -(4 + 48):-48] - seen[0][1, -(4 + 48):-48]).abs().max()
+    fourier = (seen[0][0, -48:] - seen[0][1, -48:]).abs().max()
+    assert raw == pytest.approx(2 / 64) and fourier > 10 * raw
+    with pytest.raises(ValueError, match="pos_fourier_bands"):
+        FCLMConfig(pos_fourier_bands=-1)
 
 
 def test_save_load_bit_identical(tiny):

@@ -52,14 +52,19 @@ def test_slot_counts_every_builder(scenes, eval_):
         for ex in build_examples(s, TASK_NAMES, rng, eval=eval_):
             check_example(ex)
             seen.add(ex.task)
-            assert ex.user.count("<region>") == len(ex.region_ids) or ex.task == "conversation"
-            assert ex.assistant.count("[SEG]") == len(ex.target_ids)
+            users = [t.text for t in ex.history if t.role == "user"] + [ex.user]
+            answers = [t.text for t in ex.history if t.role == "assistant"] + [ex.assistant]
+            assert sum(u.count("<region>") for u in users) == len(ex.region_ids)
+            assert sum(a.count("[SEG]") for a in answers) == len(ex.target_ids)
             assert "<image" not in ex.user and "<|image" not in ex.user
             if ex.task == "roc":
                 assert ex.assistant == s.objects[ex.region_ids[0]].category
-            if ex.task != "conversation":
+            if ex.task in ("res_multi", "dlres_multi"):
+                assert len(set(ex.target_ids)) == len(ex.target_ids) == len(users) <= 3
+            elif ex.task != "conversation":
                 assert ex.history == []
-    assert seen == set(TASK_NAMES)
+    multi = {"res_multi", "dlres_multi"}
+    assert seen == (set(TASK_NAMES) - multi if eval_ else set(TASK_NAMES))  # eval: single-turn queries
 
 
 def test_eval_matches_queries(scenes):

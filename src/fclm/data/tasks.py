@@ -26,9 +26,9 @@ from typing import Callable, Iterable
 
 from ..eval.queries import Query, iter_queries
 from . import prompts as P
-from .schema import Example, FCLMDataError, RegionObject, Sample
+from .schema import Example, FCLMDataError, RegionObject, Sample, Turn
 
-TASK_NAMES = ("res", "reasonseg", "muse", "dlres", "roc", "roc_multi", "dlc", "region_caption", "gcg", "region_seg", "conversation")
+TASK_NAMES = ("res", "res_multi", "reasonseg", "muse", "dlres", "dlres_multi", "roc", "roc_multi", "dlc", "region_caption", "gcg", "region_seg", "conversation")
 
 NO_TARGET_ANSWER = "There is no such object in the image."  # ours: a grounding query with no target
 
@@ -41,6 +41,14 @@ def _choice(rng, seq):
     if hasattr(rng, "integers"):  # numpy Generator
         return seq[int(rng.integers(len(seq)))]
     return seq[rng.randrange(len(seq))]  # random.Random
+
+
+def _shuffled(rng, seq: list) -> list:
+    """``seq`` in a random order drawn from ``rng`` (unchanged when ``rng`` is None)."""
+    if rng is None:
+        return list(seq)
+    order = rng.permutation(len(seq)) if hasattr(rng, "permutation") else rng.sample(range(len(seq)), len(seq))
+    return [seq[int(k)] for k in order]
 
 
 def _random(rng) -> float:
@@ -230,6 +238,32 @@ def _dlc_example(sample: Sample, i: int, rng, pair_key: str | None = None) -> Ex
                    region_ids=[i], pair_key=pair_key)
 
 
+def chain_turns(examples: list[Example], task: str, rng=None, max_turns: int = 3) -> list[Example]:
+    """Up to ``max_turns`` single-turn examples about one image as one multi-turn conversation.
+
+    LISA trains on several queries per image; one conversation shares the image tokens and gives
+    one `[SEG]` loss per turn for little more than one example's cost. Slots keep turn order.
+    """
+    picked = _shuffled(rng, examples)[:max_turns]
+    if not picked:
+        return []
+    history = [Turn(role, text) for ex in picked[:-1] for role, text in (("user", ex.user), ("assistant", ex.assistant))]
+    last = picked[-1]
+    return [Example(task, last.sample, last.user, last.assistant, history=history,
+                    region_ids=[i for ex in picked for i in ex.region_ids],
+                    target_ids=[i for ex in picked for i in ex.target_ids])]
+
+
+def build_res_multi(sample: Sample, rng=None, eval: bool = False) -> list[Example]:
+    """Several RES queries of one image in one conversation (training only; eval = :func:`build_res`)."""
+    return build_res(sample, rng, eval) if eval else chain_turns(build_res(sample, rng), "res_multi", rng)
+
+
+def build_dlres_multi(sample: Sample, rng=None, eval: bool = False) -> list[Example]:
+    """Several DL-RES queries of one image in one conversation (training only; eval = :func:`build_dlres`)."""
+    return build_dlres(sample, rng, eval) if eval else chain_turns(build_dlres(sample, rng), "dlres_multi", rng)
+
+
 def build_dlres(sample: Sample, rng=None, eval: bool = False) -> list[Example]:
     """Detailed-localized RES (Table 12 prompts): one example per object with a caption."""
     if eval:
@@ -260,9 +294,8 @@ def build_roc_multi(sample: Sample, rng=None, eval: bool = False) -> list[Exampl
     ids = [i for i, ob in enumerate(sample.objects) if ob.category]
     if len(ids) < 2:
         return build_roc(sample, rng, eval)
-    if not eval and rng is not None:
-        ids = [ids[k] for k in (rng.permutation(len(ids)) if hasattr(rng, "permutation")
-                                else rng.sample(range(len(ids)), len(ids)))]
+    if not eval:
+        ids = _shuffled(rng, ids)
     regions = ", ".join([P.REGION] * (len(ids) - 1)) + " and " + P.REGION
     q = P.ROC_MULTI_QUESTIONS[0] if eval or rng is None else _choice(rng, P.ROC_MULTI_QUESTIONS)
     answer = ", ".join(sample.objects[i].category.strip() for i in ids)
@@ -381,6 +414,8 @@ BUILDERS: dict[str, Callable[..., list[Example]]] = {
     "reasonseg": build_reasonseg,
     "muse": build_muse,
     "dlres": build_dlres,
+    "res_multi": build_res_multi,
+    "dlres_multi": build_dlres_multi,
     "roc": build_roc,
     "roc_multi": build_roc_multi,
     "dlc": build_dlc,

@@ -37,6 +37,10 @@ class FCLMConfig(Qwen2_5_VLConfig):
     deformable_points / deformable_heads: semantic-guidance sampling points K and heads.
     local_crop_margin (`float`): context margin around the mask box, as a fraction of its size.
     pos_grid_size (`int`): S of the S×S mask grid the position branch sees.
+    pos_fourier_bands (`int`, defaults to 0): when > 0, the position branch also sees sin/cos of
+        the box centre and size at this many octave frequencies (a Fourier input encoding; 0 = the
+        paper's raw coordinates). An MLP on raw coordinates learns a smooth function of them, while
+        the SAM decoder localises by matching Fourier features of positions.
     max_region_pixels (`int`): cap on foreground feature cells used by pixel enhancement.
     ce_weight, dice_weight, bce_weight, self_recon_weight, latent_weight (`float`): loss weights
         (§1.5). ``self_recon_weight`` is L_self (stage 1), ``latent_weight`` L_latent (stage 2).
@@ -68,6 +72,7 @@ class FCLMConfig(Qwen2_5_VLConfig):
     deformable_heads: int = 8
     local_crop_margin: float = 0.1
     pos_grid_size: int = 16
+    pos_fourier_bands: int = 0
     max_region_pixels: int = 1024
     ce_weight: float = 1.0
     dice_weight: float = 1.0
@@ -107,6 +112,8 @@ class FCLMConfig(Qwen2_5_VLConfig):
             bad = [g for g in groups if g not in MODULE_GROUPS]
             if bad:
                 raise ValueError(f"stage {stage!r} names unknown module groups {bad}; known: {MODULE_GROUPS}")
+        if self.pos_fourier_bands < 0:
+            raise ValueError(f"pos_fourier_bands must be >= 0, got {self.pos_fourier_bands}")
         if self.deformable_heads < 1 or self.region_hidden_size % self.deformable_heads:
             raise ValueError("region_hidden_size must be divisible by deformable_heads")
 

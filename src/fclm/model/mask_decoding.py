@@ -74,9 +74,12 @@ def decode_masks(
     size = sam.config.vision_config.image_size
     up = F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
     out = []
-    for i, b in enumerate(image_index.tolist()):
+    # unbind, not up[i:i+1]: each slice's backward would zero-fill a gradient the size of all of `up`
+    for m, b in zip(up.unbind(0), image_index.tolist()):
         h, w = (int(v) for v in valid_sizes[b])
         H, W = (int(v) for v in original_sizes[b])
-        m = up[i : i + 1, :, :h, :w]
-        out.append(F.interpolate(m, size=(H, W), mode="bilinear", align_corners=False)[0, 0])
+        m = m[:, :h, :w]
+        if (h, w) != (H, W):
+            m = F.interpolate(m[None], size=(H, W), mode="bilinear", align_corners=False)[0]
+        out.append(m[0])
     return out

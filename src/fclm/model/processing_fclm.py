@@ -180,15 +180,20 @@ class FCLMProcessor:
             if not m.any():
                 raise FCLMDataError(f"{where}region mask {i} is empty")
         if answer is not None and target_masks is not None:
-            n_seg = answer.count(SPECIAL_TOKENS["seg"])
+            # history turns' slots come first (turn order), then those of the last turn
+            n_seg = sum(a.count(SPECIAL_TOKENS["seg"]) for _, a in history) + answer.count(SPECIAL_TOKENS["seg"])
             if n_seg != len(target_masks):
                 raise FCLMDataError(f"{where}answer has {n_seg} [SEG] tokens but {len(target_masks)} target masks "
                                     f"(a grounding answer needs one [SEG] per target): {answer[:80]!r}")
         for i, m in enumerate(target_masks or []):
             if np.asarray(m).shape != (H, W):
                 raise FCLMDataError(f"{where}target mask {i} has shape {np.asarray(m).shape}, image is {H}x{W}")
-        text = self.user_text(user, len(region_masks), where)
-        hist = [(self.user_text(u, 0, where), a) for u, a in history]
+        n_hist = [u.count(REGION_PLACEHOLDER) for u, _ in history]
+        if sum(n_hist) + user.count(REGION_PLACEHOLDER) != len(region_masks):
+            raise FCLMDataError(f"{where}conversation has {sum(n_hist) + user.count(REGION_PLACEHOLDER)} "
+                                f"{REGION_PLACEHOLDER} slots but {len(region_masks)} region masks were given")
+        text = self.user_text(user, len(region_masks) - sum(n_hist), where)
+        hist = [(self.user_text(u, n, where), a) for (u, a), n in zip(history, n_hist)]
         resized = resize_long_side(image, self.image_long_side)
         vis = self.image_processor(images=[resized], return_tensors="pt")
         grid = vis["image_grid_thw"][0]

@@ -15,6 +15,8 @@ centre, box size) → T_pos.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -141,7 +143,7 @@ class HybridRegionExtractor(nn.Module):
         self.pixel_enhancement = PixelEnhancement(r, config.deformable_heads)
         self.semantic_guidance = DeformableGuidance(r, d, config.deformable_heads, config.deformable_points)
         self.mask_out = Mlp([r, d, d])
-        self.pos_branch = Mlp([s * s + 4, r, d, d])
+        self.pos_branch = Mlp([s * s + 4 + 8 * config.pos_fourier_bands, r, d, d])
         # RMS-normalised outputs with a gain at the token embeddings' scale: unnormalised, their norm
         # drifts to ~20× the embeddings', and the LLM's RMSNorm then shrinks the gradient of every
         # region-specific direction by that factor (the region tokens stop being told apart)
@@ -189,7 +191,12 @@ class HybridRegionExtractor(nn.Module):
         centers_sizes = torch.stack(geo).to(device=grid.device, dtype=dtype)
         # inputs centred on 0: raw coverages/coordinates in [0, 1] share a large mean that makes
         # every region's T_pos point the same way (pairwise cosine ≈ 0.97 at initialisation)
-        feats = torch.cat([grid.flatten(1), centers_sizes], 1) * 2 - 1
+        feats = [grid.flatten(1) * 2 - 1, centers_sizes * 2 - 1]
+        if self.config.pos_fourier_bands:
+            freqs = math.pi * 2.0 ** torch.arange(self.config.pos_fourier_bands, device=grid.device, dtype=dtype)
+            angles = (centers_sizes[:, :, None] * freqs).flatten(1)  # (R, 4·bands)
+            feats += [angles.sin(), angles.cos()]
+        feats = torch.cat(feats, 1)
         return self.pos_norm(self.pos_branch(feats)), centers_sizes
 
     def forward(

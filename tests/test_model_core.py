@@ -219,7 +219,7 @@ def test_clear_errors(tiny):
     s.objects[1].mask = encode_mask(np.ones((10, 10), bool))
     with pytest.raises(FCLMDataError, match="region mask 0 has size 10x10 but the image is 128x96"):
         proc([Example("roc", s, "What is <region>?", "box", region_ids=[1])])
-    with pytest.raises(FCLMDataError, match="answer has 0 \\[SEG\\] tokens but 1 target masks"):
+    with pytest.raises(FCLMDataError, match="answers have 0 \\[SEG\\] tokens but 1 target masks"):
         proc([Example("res", s, "Segment the square.", "Sure, it is the square.", target_ids=[0])])
     with pytest.raises(FCLMDataError, match="test:s3"):
         proc([Example("res", s, "Segment the square.", "Sure.", target_ids=[0])])

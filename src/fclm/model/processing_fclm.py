@@ -183,7 +183,7 @@ class FCLMProcessor:
             # history turns' slots come first (turn order), then those of the last turn
             n_seg = sum(a.count(SPECIAL_TOKENS["seg"]) for _, a in history) + answer.count(SPECIAL_TOKENS["seg"])
             if n_seg != len(target_masks):
-                raise FCLMDataError(f"{where}answer has {n_seg} [SEG] tokens but {len(target_masks)} target masks "
+                raise FCLMDataError(f"{where}answers have {n_seg} [SEG] tokens but {len(target_masks)} target masks "
                                     f"(a grounding answer needs one [SEG] per target): {answer[:80]!r}")
         for i, m in enumerate(target_masks or []):
             if np.asarray(m).shape != (H, W):

@@ -135,11 +135,16 @@ class FCLMProcessor:
         return cls(tok, **kw)
 
     # ------------------------------------------------------------ text
-    def user_text(self, text: str, n_regions: int, where: str = "") -> str:
-        found = text.count(REGION_PLACEHOLDER)
+    def user_texts(self, texts: list[str], n_regions: int, where: str = "") -> list[str]:
+        """Expand ``<region>`` into ``<mask><pos>`` in the user turns of one conversation; their
+        slots together (turn order) must match the ``n_regions`` region masks."""
+        found = sum(t.count(REGION_PLACEHOLDER) for t in texts)
         if found != n_regions:
             raise FCLMDataError(f"{where}text has {found} {REGION_PLACEHOLDER} slots but {n_regions} region masks were given")
-        return text.replace(REGION_PLACEHOLDER, SPECIAL_TOKENS["mask"] + SPECIAL_TOKENS["pos"])
+        return [t.replace(REGION_PLACEHOLDER, SPECIAL_TOKENS["mask"] + SPECIAL_TOKENS["pos"]) for t in texts]
+
+    def user_text(self, text: str, n_regions: int, where: str = "") -> str:
+        return self.user_texts([text], n_regions, where)[0]
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -188,12 +193,8 @@ class FCLMProcessor:
         for i, m in enumerate(target_masks or []):
             if np.asarray(m).shape != (H, W):
                 raise FCLMDataError(f"{where}target mask {i} has shape {np.asarray(m).shape}, image is {H}x{W}")
-        n_hist = [u.count(REGION_PLACEHOLDER) for u, _ in history]
-        if sum(n_hist) + user.count(REGION_PLACEHOLDER) != len(region_masks):
-            raise FCLMDataError(f"{where}conversation has {sum(n_hist) + user.count(REGION_PLACEHOLDER)} "
-                                f"{REGION_PLACEHOLDER} slots but {len(region_masks)} region masks were given")
-        text = self.user_text(user, len(region_masks) - sum(n_hist), where)
-        hist = [(self.user_text(u, n, where), a) for (u, a), n in zip(history, n_hist)]
+        *hist_users, text = self.user_texts([u for u, _ in history] + [user], len(region_masks), where)
+        hist = [(u, a) for u, (_, a) in zip(hist_users, history)]
         resized = resize_long_side(image, self.image_long_side)
         vis = self.image_processor(images=[resized], return_tensors="pt")
         grid = vis["image_grid_thw"][0]

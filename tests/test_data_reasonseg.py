@@ -32,13 +32,16 @@ def test_reasonseg_masks_ignore_flag_and_encodings(tmp_path):
 
     r = load_dataset("reasonseg", str(tmp_path), "val")
     samples = {s.id: s for s in r}
-    assert len(r) == 5 and sorted(samples) == ["reasonseg_val_a", "reasonseg_val_b"]
-    assert r.stats.skipped == {"no query text": 1, "annotation not found": 1, "empty mask": 1}
+    # e has no target pixel: LISA still scores it (empty prediction → IoU 1), so it is kept and noted
+    assert len(r) == 5 and sorted(samples) == ["reasonseg_val_a", "reasonseg_val_b", "reasonseg_val_e"]
+    assert r.stats.skipped == {"no query text": 1, "annotation not found": 1}
+    assert r.stats.to_dict()["notes"] == {"no target pixel (kept, scored as LISA does)": 1}
+    assert rle_area(samples["reasonseg_val_e"].objects[0].mask) == 0
 
     a = samples["reasonseg_val_a"]
     tgt = decode_rle(a.objects[0].mask)
     ign = decode_rle(a.ignore_mask)
-    # PIL fills polygon interior + outline: integer corners → inclusive pixel ranges
+    # cv2 outline + fill: integer corners → inclusive pixel ranges
     assert tgt.sum() == 10 * 10 and tgt[5:15, 5:15].all()
     assert ign.sum() == 31 * 31 - 10 * 10 and not (tgt & ign).any()
     assert not tgt[:, 40:].any() and not ign[:, 40:].any()  # flag dropped
@@ -58,3 +61,60 @@ def test_reasonseg_largest_first(tmp_path):
 
     m = labelme_mask([_shape("ignore", 2, 2, 4, 4), _shape("target", 0, 0, 9, 9)], 12, 12)
     assert (m == 255).sum() == 9 and (m == 1).sum() == 100 - 9 and np.unique(m).tolist() == [0, 1, 255]
+
+
+def _lisa_reference(shapes, h, w):
+    """LISA's get_mask_from_json, written out independently with cv2 (the expected values)."""
+    import cv2
+
+    areas, kept = [], []
+    for sh in shapes:
+        if sh["label"].lower() == "flag":
+            continue
+        tmp = np.zeros((h, w), np.uint8)
+        pts = np.array([sh["points"]], dtype=np.int32)
+        cv2.polylines(tmp, pts, True, 1, 1)
+        cv2.fillPoly(tmp, pts, 1)
+        areas.append(tmp.sum())
+        kept.append(sh)
+    out = np.zeros((h, w), np.uint8)
+    for i in list(np.argsort(areas)[::-1].astype(np.int32)):
+        sh = kept[i]
+        v = 255 if "ignore" in sh["label"].lower() else 1
+        pts = np.array([sh["points"]], dtype=np.int32)
+        cv2.polylines(out, pts, True, v, 1)
+        cv2.fillPoly(out, pts, v)
+    return out
+
+
+def test_reasonseg_cv2_rasterisation_and_draw_order(tmp_path):
+    """Slanted float polygons and equal-area overlapping target/ignore shapes give LISA's exact pixels."""
+    from fclm.data.formats.reasonseg import labelme_mask
+
+    rng = np.random.default_rng(0)
+    h, w = 57, 63
+    tri = {"label": "target", "points": [[3.7, 2.2], [50.9, 11.6], [20.4, 48.8]], "shape_type": "polygon"}
+    star = {"label": "ignore", "points": (rng.random((9, 2)) * [w - 1, h - 1]).tolist(), "shape_type": "polygon"}
+    sq1 = _shape("target", 10, 10, 20, 20)
+    sq2 = _shape("ignore", 15, 15, 25, 25)  # same area as sq1, overlapping it
+    line = {"label": "target", "points": [[1.0, 50.0], [40.0, 55.0]], "shape_type": "line"}
+    for shapes in ([tri], [tri, star], [sq1, sq2], [sq2, sq1], [sq1, sq2, tri, star], [line, tri]):
+        np.testing.assert_array_equal(labelme_mask(shapes, h, w), _lisa_reference(shapes, h, w))
+    # PIL's polygon fill differs on slanted edges: the cv2 rule is not a no-op here
+    from PIL import Image, ImageDraw
+
+    im = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(im).polygon([(int(x), int(y)) for x, y in tri["points"]], fill=1, outline=1)
+    assert (np.asarray(im) != _lisa_reference([tri], h, w)).any()
+
+    # through the loader, with a JSON whose imageHeight/imageWidth disagree with the image (LISA
+    # draws on the image's own size)
+    d = tmp_path / "reason_seg" / "ReasonSeg" / "val"
+    write_image(str(d / "t.jpg"), w, h)
+    write_json(str(d / "t.json"), {"text": [" a question "], "is_sentence": True, "imageHeight": 10,
+                                   "imageWidth": 10, "shapes": [sq1, sq2, tri, star]})
+    s = next(iter(load_dataset("reasonseg", str(tmp_path), "val")))
+    ref = _lisa_reference([sq1, sq2, tri, star], h, w)
+    assert (s.height, s.width) == (h, w) and s.questions[0].text == "a question"
+    np.testing.assert_array_equal(decode_rle(s.objects[0].mask), ref == 1)
+    np.testing.assert_array_equal(decode_rle(s.ignore_mask), ref == 255)

@@ -97,3 +97,84 @@ def test_python2_refer_pickle_strings_decode_as_text(tmp_path):
     p = tmp_path / "refs(unc).p"
     p.write_bytes(py2)
     assert load_data_pickle(str(p), "test") == [{"sent": "café"}]
+
+
+def _lisa_val_masks(inst, ref_ann_ids, h, w):
+    """LISA's ValDataset ground truth, written out: pycocotools decode of all polygons, summed."""
+    from pycocotools import mask as mask_utils
+    import numpy as np
+
+    out = []
+    for aid in ref_ann_ids:
+        ann = next(a for a in inst["annotations"] if a["id"] == aid)
+        if len(ann["segmentation"]) == 0:
+            m = np.zeros((h, w, 1))
+        else:
+            m = mask_utils.decode(mask_utils.frPyObjects(ann["segmentation"], h, w))
+        out.append(np.sum(m, axis=2).astype(np.uint8))
+    return out
+
+
+def test_refcoco_eval_follows_lisa_sum_and_histc(tmp_path):
+    """Overlapping polygons of one annotation are summed (value-2 pixels are not target for LISA's
+    histc IoU) and an annotation without segmentation is scored against an all-zero mask."""
+    import numpy as np
+    import torch
+
+    from fclm.data.masks import encode_mask
+    from fclm.eval.score import score_predictions
+
+    h, w = 30, 40
+    d = os.path.join(tmp_path, "refer_seg", "refcoco")
+    inst = {"images": [{"id": 1, "file_name": "COCO_train2014_000000000001.jpg", "height": h, "width": w}],
+            "annotations": [
+                {"id": 11, "image_id": 1, "category_id": 1, "bbox": [0, 0, 20, 20],
+                 "segmentation": [square(0, 0, 15, 15), [5.5, 5.0, 22.0, 6.0, 12.0, 20.5]]},  # overlapping
+                {"id": 12, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "segmentation": []},
+                {"id": 13, "image_id": 7, "category_id": 1, "bbox": [0, 0, 1, 1], "segmentation": []}],  # orphan
+            "categories": [{"id": 1, "name": "thing"}]}
+    write_json(os.path.join(d, "instances.json"), inst)
+    refs = [{"ref_id": 1, "ann_id": 11, "image_id": 1, "split": "val", "sentences": [{"sent": " Left Thing ", "sent_id": 1}]},
+            {"ref_id": 2, "ann_id": 12, "image_id": 1, "split": "val", "sentences": [{"sent": "nothing", "sent_id": 2},
+                                                                                    {"sent": "", "sent_id": 3}]}]
+    with open(os.path.join(d, "refs(unc).p"), "wb") as f:
+        pickle.dump(refs, f, protocol=2)
+    r = load_dataset("refcoco", str(tmp_path), "val")
+    (s,) = list(r)
+    st = r.stats.to_dict()
+    assert st["objects"] == 2 and st["skipped_objects"] == {"annotation of an image not in the file": 1}
+    assert "no segmentation (kept as an all-zero mask, as the reference)" in st["notes"]
+    queries = list(iter_queries(s, "res"))
+    assert [q.text for q in queries] == ["left thing", "nothing", ""]  # LISA: every sentence, strip().lower()
+
+    gts = _lisa_val_masks(inst, [11, 12, 12], h, w)
+    assert gts[0].max() == 2  # the fixture does exercise the overlap
+    rng = np.random.default_rng(0)
+    preds = [(rng.random((h, w)) > 0.5).astype(np.uint8), np.zeros((h, w), np.uint8),
+             (rng.random((h, w)) > 0.9).astype(np.uint8)]
+    # LISA's validate(): intersectionAndUnionGPU(K=2) + acc_iou rule, written out with torch.histc
+    inter_sum = union_sum = 0.0
+    acc = []
+    for p, g in zip(preds, gts):
+        out, tgt = torch.from_numpy(p).int().view(-1).clone(), torch.from_numpy(np.ascontiguousarray(g)).int().reshape(-1)
+        out[tgt == 255] = 255
+        ai = torch.histc(out[out == tgt].float(), bins=2, min=0, max=1)
+        au = torch.histc(out.float(), bins=2, min=0, max=1) + torch.histc(tgt.float(), bins=2, min=0, max=1) - ai
+        inter_sum += float(ai[1])
+        union_sum += float(au[1])
+        acc.append(float(ai[1] / (au[1] + 1e-5)) + (1.0 if au[1] == 0 else 0.0))
+    want_giou, want_ciou = 100 * np.mean(acc), 100 * inter_sum / (union_sum + 1e-10)
+    got = score_predictions("res", [s], {q.id: {"masks": [encode_mask(p)]} for q, p in zip(queries, preds)})
+    assert got["metrics"]["gIoU"] == pytest.approx(want_giou, rel=1e-6)
+    assert got["metrics"]["cIoU"] == pytest.approx(want_ciou, rel=1e-6)
+    clean = score_predictions("res", [s], {q.id: {"masks": [encode_mask(p)]} for q, p in zip(queries, preds)},
+                              protocol="clean")
+    assert clean["metrics"]["cIoU"] != pytest.approx(want_ciou, rel=1e-6)  # union of polygons differs
+
+
+def test_refcoco_lisa_image_layout(tmp_path):
+    _write(tmp_path)
+    lisa = tmp_path / "refer_seg" / "images" / "mscoco" / "images" / "train2014"
+    lisa.mkdir(parents=True)
+    s = next(iter(load_dataset("refcoco", str(tmp_path), "train")))
+    assert s.image.path == str(lisa / "COCO_train2014_000000000001.jpg")

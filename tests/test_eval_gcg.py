@@ -128,3 +128,57 @@ def test_caption_scores_match_pycocoevalcap():
     assert got["METEOR"] == pytest.approx(100 * met)
     assert got["CIDEr"] == pytest.approx(100 * cid)
     assert got["METEOR"] > 0 and got["CIDEr"] > 0
+
+
+def _glamm_reference(gt_masks, pred_masks, gt_labels, dt_labels, table):
+    """GLaMM's compute_iou / compute_miou / find_best_matches written out on dense masks."""
+    import warnings
+
+    def iou(a, b):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.sum(np.logical_and(a, b)) / np.sum(np.logical_or(a, b))  # 0/0 -> nan
+
+    m = np.array([[iou(p, g) for g in gt_masks] for p in pred_masks]).reshape(len(pred_masks), len(gt_masks))
+    paired = []
+    while m.size > 0 and np.max(m) > 0:
+        i = np.unravel_index(np.argmax(m, axis=None), m.shape)
+        paired.append(m[i])
+        m = np.delete(np.delete(m, i[0], axis=0), i[1], axis=1)
+    miou = np.mean(paired) if paired else 0.0
+    ious = np.array([[iou(g, p) for p in pred_masks] for g in gt_masks])
+    emb = lambda t: np.array(table[t], float) / np.linalg.norm(table[t])  # noqa: E731
+    sims = np.array([[emb(a) @ emb(b) for b in dt_labels] for a in gt_labels])
+    tp = 0
+    while ious.size > 0:
+        i = np.unravel_index(np.argmax(ious), ious.shape)
+        if ious[i] < 0.5 or sims[i] < 0.5:
+            break
+        tp += 1
+        ious[i[0], :] = 0
+        ious[:, i[1]] = 0
+        sims[i[0], :] = 0
+        sims[:, i[1]] = 0
+    return miou, tp
+
+
+def test_gcg_empty_masks_follow_glamm_nan_rule():
+    """Two empty masks have IoU 0/0 = NaN in GLaMM: it stops the mIoU loop (image scores 0) and is
+    taken first as a recall match; the clean protocol scores them 0."""
+    from pycocotools import mask as mask_utils
+
+    h = w = 12
+    dense = lambda r: mask_utils.decode({"size": r["size"], "counts": r["counts"].encode()})  # noqa: E731
+    empty = encode_mask(np.zeros((h, w), np.uint8))
+    g1, p1 = box(h, w, 0, 6, 0, 6), box(h, w, 0, 6, 0, 4)
+    table = {"a dog": [1, 0], "a cat": [0.9, 0.1], "nothing": [0.8, 0.3]}
+    images = [GCGImage("x", ["a dog"], ["a dog", "nothing"], [g1, empty], h, w)]
+    preds = {"x": GCGPrediction("x", "a dog", ["a cat", "nothing"], [p1, empty])}
+    miou, tp = _glamm_reference([dense(g1), dense(empty)], [dense(p1), dense(empty)],
+                                ["a dog", "nothing"], ["a cat", "nothing"], table)
+    r = evaluate_gcg(images, preds, text_encoder=TableEncoder(table), captions=False)
+    assert r["metrics"]["mIoU"] == pytest.approx(100 * miou) and miou == 0.0
+    assert r["metrics"]["Recall"] == pytest.approx(100 * tp / 2) and tp == 2  # NaN pair + real pair
+    c = evaluate_gcg(images, preds, text_encoder=TableEncoder(table), captions=False, protocol="clean")
+    assert c["metrics"]["mIoU"] == pytest.approx(100 * (24 / 36))  # only the real pair
+    assert c["metrics"]["Recall"] == pytest.approx(100 * 1 / 2)  # the 24/36 pair: IoU >= 0.5, sim 0.99

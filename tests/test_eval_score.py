@@ -119,8 +119,11 @@ def test_score_predictions_in_memory_arrays():
     h = w = 8
     preds = {"img1#o0c": {"masks": [rect(h, w, 0, 4, 0, 4).astype(bool)]}}
     r = score_predictions("dlres", samples(), preds, dataset="dlres_bench", split="val")
-    assert r["metrics"] == {"gIoU": 100.0, "cIoU": 100.0}
+    assert r["metrics"] == {"gIoU": pytest.approx(100 * 16 / (16 + 1e-5), rel=1e-12),
+                            "cIoU": pytest.approx(100 * 16 / (16 + 1e-10), rel=1e-12)}  # LISA's epsilons
     assert r["benchmark"] == "dlres_bench val" and r["protocol"].startswith("LISA")
+    r = score_predictions("dlres", samples(), preds, dataset="dlres_bench", split="val", protocol="clean")
+    assert r["metrics"] == {"gIoU": 100.0, "cIoU": 100.0} and r["protocol"].endswith("(clean)")
 
 
 def _glamm_gcg(tmp_path):

@@ -84,3 +84,45 @@ def mask_to_box(mask: np.ndarray) -> list[float]:
     if len(xs) == 0:
         raise FCLMDataError("empty mask has no box")
     return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference implementations' own rasterisation rules
+
+
+def polygon_cover(seg, height: int, width: int) -> np.ndarray:
+    """uint8 HxW count of the COCO polygons covering each pixel (LISA's and PixelLM's ground truth).
+
+    Both decode ``pycocotools.frPyObjects(polygons)`` and *sum* the per-polygon masks into uint8;
+    their IoU (``torch.histc(bins=2, min=0, max=1)``) then counts only value-1 pixels as target, so
+    a pixel covered by two polygons of one annotation is background for the metric. An RLE
+    segmentation decodes to 0/1.
+    """
+    if isinstance(seg, dict):
+        return mask_utils.decode(_norm_rle(seg)).astype(np.uint8)
+    if not isinstance(seg, list) or not seg:
+        raise FCLMDataError("empty segmentation")
+    if all(isinstance(v, (int, float)) for v in seg):
+        seg = [seg]
+    m = mask_utils.decode(mask_utils.frPyObjects(seg, height, width))
+    if m.ndim == 3:
+        m = m.sum(axis=2)
+    return m.astype(np.uint8)
+
+
+def cv2_polygon_fill(canvas: np.ndarray, points, value: int) -> np.ndarray:
+    """Draw one polygon as LISA's ``data_processing.get_mask_from_json`` does (in place).
+
+    Points are cast to int32 (truncation toward zero), the closed outline is drawn 1 px wide with
+    ``cv2.polylines`` and the inside filled with ``cv2.fillPoly``. Needs opencv
+    (``pip install 'fclm[eval]'``); PIL's polygon fill gives other edge pixels on slanted sides.
+    """
+    try:
+        import cv2
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise FCLMDataError("drawing LabelMe polygons as LISA does needs opencv: "
+                            "pip install 'fclm[eval]' (opencv-python-headless)") from e
+    pts = np.array([points], dtype=np.int32)
+    cv2.polylines(canvas, pts, True, int(value), 1)
+    cv2.fillPoly(canvas, pts, int(value))
+    return canvas

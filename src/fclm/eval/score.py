@@ -42,6 +42,9 @@ PROTOCOLS = {
 # dataset name (fclm.data.formats.registry) used when --dataset is not given
 DEFAULT_DATASET = {"reasonseg": "reasonseg", "muse": "muse", "dlc": "dlc_bench", "gcg": "gcg_eval"}
 MASK_TASKS = ("res", "dlres", "reasonseg", "muse", "gcg")
+# "reference": every rule of the reference script (default); "clean": our documented variant
+# (exact division, unmatched/empty masks score 0, union of overlapping polygons). docs/evaluation.md
+SCORE_PROTOCOLS = ("reference", "clean")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,13 +211,18 @@ def _decode(m, h: int | None = None, w: int | None = None, where: str = "") -> n
     return arr
 
 
-def _gt_mask(sample: Sample, ids: Iterable[int], where: str) -> np.ndarray:
+def _gt_mask(sample: Sample, ids: Iterable[int], where: str, protocol: str = "reference") -> np.ndarray:
+    """Union of the target objects' masks. ``reference`` drops the pixels that LISA / PixelLM's
+    summed polygons cover more than once (``extra["multi_cover"]``, their histc rule)."""
     m = np.zeros((sample.height, sample.width), bool)
     for i in ids:
         ob = sample.objects[i]
         if ob.mask is None:
             raise FCLMDataError(f"{where}: ground-truth object {i} of sample {sample.id} has no mask")
-        m |= _decode(ob.mask, sample.height, sample.width, f"{where}: ground truth object {i}")
+        om = _decode(ob.mask, sample.height, sample.width, f"{where}: ground truth object {i}")
+        if protocol == "reference" and ob.extra.get("multi_cover") is not None:
+            om = om & ~_decode(ob.extra["multi_cover"], sample.height, sample.width, f"{where}: object {i} multi_cover")
+        m |= om
     return m
 
 
@@ -252,15 +260,16 @@ class _Bookkeeping:
         return counts
 
 
-def _score_seg(task: str, samples: Iterable[Sample], book: _Bookkeeping, details: bool) -> dict:
+def _score_seg(task: str, samples: Iterable[Sample], book: _Bookkeeping, details: bool,
+               protocol: str = "reference") -> dict:
     from .metrics.seg import SegAccumulator
 
-    acc = SegAccumulator()
+    acc = SegAccumulator() if protocol == "reference" else SegAccumulator(0.0, 0.0)
     per = {}
     for s in samples:
         ignore = _decode(s.ignore_mask, s.height, s.width, f"sample {s.id}: ignore_mask") if s.ignore_mask else None
         for q in iter_queries(s, task):
-            gt = _gt_mask(s, q.target_ids, f"query {q.id}")
+            gt = _gt_mask(s, q.target_ids, f"query {q.id}", protocol)
             pm = _pred_masks(book.get(q.id), s, q.id)
             pred = np.logical_or.reduce(pm) if pm else np.zeros_like(gt)
             iou = acc.add(pred, gt, ignore)
@@ -272,15 +281,15 @@ def _score_seg(task: str, samples: Iterable[Sample], book: _Bookkeeping, details
     return out
 
 
-def _score_muse(samples: Iterable[Sample], book: _Bookkeeping, details: bool) -> dict:
+def _score_muse(samples: Iterable[Sample], book: _Bookkeeping, details: bool, protocol: str = "reference") -> dict:
     from .metrics.muse import MuseAccumulator
 
-    acc = MuseAccumulator()
+    acc = MuseAccumulator(protocol)
     per = {}
     for s in samples:
         questions = []
         for q in iter_queries(s, "muse"):
-            gts = [_gt_mask(s, [t], f"query {q.id}") for t in q.target_ids]
+            gts = [_gt_mask(s, [t], f"query {q.id}", protocol) for t in q.target_ids]
             questions.append((_pred_masks(book.get(q.id), s, q.id), gts))
         if questions:
             g = acc.add_image(questions)
@@ -340,8 +349,9 @@ def _score_dlc(gt, preds: dict[str, dict], opts: dict) -> dict:
         if not url or not model:
             raise FCLMDataError("DLC-Bench scoring needs a judge LLM: --judge-url URL --judge-model NAME "
                                 "(reference: meta-llama/Meta-Llama-3.1-8B-Instruct served by vLLM)")
+        kw = {"timeout": float(opts["judge_timeout"])} if opts.get("judge_timeout") is not None else {}
         judge = JudgeClient(url, model, cache_path=opts.get("judge_cache"), workers=opts.get("judge_workers", 8),
-                            max_retries=opts.get("judge_retries", 5))
+                            max_retries=opts.get("judge_retries", 5), **kw)
     default = opts.get("default_prediction")
     if default is None and opts.get("allow_missing"):
         default = ""
@@ -400,7 +410,7 @@ def _score_gcg(gt, book: _Bookkeeping, opts: dict) -> dict:
     counts = book.finish("images")
     r = evaluate_gcg(images, preds, text_encoder=opts.get("text_encoder"), text_model=opts.get("gcg_text_model"),
                      iou_threshold=opts.get("gcg_iou_threshold", 0.5), text_threshold=opts.get("gcg_text_threshold", 0.5),
-                     captions=opts.get("captions", True))
+                     captions=opts.get("captions", True), protocol=opts.get("protocol") or "reference")
     r["counts"] = {**counts, **r["counts"]}
     return r
 
@@ -414,14 +424,20 @@ def score_predictions(task: str, samples_or_gt, predictions, **opts) -> dict:
     ``predictions``: ``{id: record}`` (records as in the module docstring; masks may be arrays), or
     a prediction file path.
 
-    Options: ``allow_missing`` (score GT ids without prediction as empty instead of failing),
+    Options: ``protocol`` (``"reference"``, the default: every rule of the reference script;
+    ``"clean"``: exact division, empty/unmatched masks score 0, see docs/evaluation.md),
+    ``allow_missing`` (score GT ids without prediction as empty instead of failing),
     ``details`` (per-query values), ``benchmark`` (row label), ``dataset``/``split`` (labels, and
     GT loading for paths); ROC ``sentence_model`` (path) or ``text_encoder``; DLC ``judge`` (object
-    with ``complete_many``) or ``judge_url`` + ``judge_model`` [+ ``judge_cache``, ``judge_workers``],
+    with ``complete_many``) or ``judge_url`` + ``judge_model`` [+ ``judge_cache``, ``judge_workers``,
+    ``judge_retries``, ``judge_timeout`` (seconds per request)],
     ``default_prediction``; GCG ``gcg_text_model`` (spec, see metrics.text_sim) or ``text_encoder``,
     ``gcg_iou_threshold``, ``gcg_text_threshold``, ``captions`` (False skips METEOR/CIDEr).
     """
     _check_task(task)
+    protocol = opts.get("protocol") or "reference"
+    if protocol not in SCORE_PROTOCOLS:
+        raise FCLMDataError(f"unknown protocol {protocol!r}; expected one of {', '.join(SCORE_PROTOCOLS)}")
     if isinstance(samples_or_gt, (str, os.PathLike)):
         samples_or_gt = load_ground_truth(task, str(samples_or_gt), opts.get("dataset"), opts.get("split"))
     elif not isinstance(samples_or_gt, (list, tuple)) and not hasattr(samples_or_gt, "qa"):
@@ -430,9 +446,9 @@ def score_predictions(task: str, samples_or_gt, predictions, **opts) -> dict:
     book = _Bookkeeping(preds, bool(opts.get("allow_missing")))
     details = bool(opts.get("details"))
     if task in ("res", "dlres", "reasonseg"):
-        out = _score_seg(task, samples_or_gt, book, details)
+        out = _score_seg(task, samples_or_gt, book, details, protocol)
     elif task == "muse":
-        out = _score_muse(samples_or_gt, book, details)
+        out = _score_muse(samples_or_gt, book, details, protocol)
     elif task == "roc":
         out = _score_roc(samples_or_gt, book, opts)
     elif task == "dlc":
@@ -441,4 +457,5 @@ def score_predictions(task: str, samples_or_gt, predictions, **opts) -> dict:
         out = _score_gcg(samples_or_gt, book, opts)
     label = opts.get("benchmark") or ("DLC-Bench" if task == "dlc" and not opts.get("dataset") else None) or " ".join(x for x in (opts.get("dataset") or DEFAULT_DATASET.get(task, task),
                                                             opts.get("split")) if x)
-    return {"task": task, "benchmark": label, "protocol": PROTOCOLS[task], **out}
+    name = PROTOCOLS[task] + (" (clean)" if protocol == "clean" else "")
+    return {"task": task, "benchmark": label, "protocol": name, **out}

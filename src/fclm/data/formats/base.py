@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import pickle
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -44,12 +45,18 @@ class LoaderStats:
     objects: int = 0
     skipped: Counter = field(default_factory=Counter)  # bad records by reason
     skipped_objects: Counter = field(default_factory=Counter)  # bad objects (record kept) by reason
+    notes: Counter = field(default_factory=Counter)  # kept as the reference keeps them, by remark
+    # found once, while the annotation file is read (kept across passes):
+    load_skipped: Counter = field(default_factory=Counter)  # records that never became one
+    load_skipped_objects: Counter = field(default_factory=Counter)  # e.g. annotations of unknown images
+    load_notes: Counter = field(default_factory=Counter)  # e.g. records decoded as cp1252
     _logged: Counter = field(default_factory=Counter, repr=False)
 
     def reset(self) -> None:
         self.records = self.objects = 0
         self.skipped.clear()
         self.skipped_objects.clear()
+        self.notes.clear()
         self._logged.clear()
 
     def add(self, sample: Sample) -> None:
@@ -74,14 +81,19 @@ class LoaderStats:
         self.skipped_objects[reason] += 1
         self._log("object", reason, where, detail)
 
+    def note(self, remark: str, n: int = 1) -> None:
+        """Count something kept as the reference keeps it (an empty mask it scores, ...)."""
+        self.notes[remark] += n
+
     @property
     def total_skipped(self) -> int:
-        return sum(self.skipped.values())
+        return sum(self.skipped.values()) + sum(self.load_skipped.values())
 
     def to_dict(self) -> dict:
         return {"records": self.records, "objects": self.objects,
-                "skipped": dict(sorted(self.skipped.items())),
-                "skipped_objects": dict(sorted(self.skipped_objects.items()))}
+                "skipped": dict(sorted((self.skipped + self.load_skipped).items())),
+                "skipped_objects": dict(sorted((self.skipped_objects + self.load_skipped_objects).items())),
+                "notes": dict(sorted((self.notes + self.load_notes).items()))}
 
 
 def classify_error(e: Exception) -> tuple[str, str]:
@@ -186,9 +198,15 @@ class JsonListReader(IndexedReader):
     """Records are the items of one JSON list file, ``self.source``."""
 
     def _load(self) -> list:
-        data = read_json(self.source)
+        repaired: list = []
+        data = read_json(self.source, repaired)
         if not isinstance(data, list):
             raise SkipRecord("malformed file", f"{self.source}: expected a list of records")
+        n = len(repaired_records(repaired))
+        if n:
+            self.stats.load_notes["non-UTF-8 text decoded as cp1252"] += n
+            log.warning("%s: %d record(s) hold bytes that are not UTF-8; their strings were decoded as cp1252",
+                        self.source, n)
         return data
 
 
@@ -199,7 +217,11 @@ class CocoImagesReader(IndexedReader):
         from .coco import CocoFile
 
         self.coco = CocoFile(self.source)
-        return [im for im in self.coco.images if self.coco.anns_by_image.get(im.get("id"))]
+        self.coco.count_into(self.stats)
+        keep = [im for im in self.coco.images if self.coco.anns_by_image.get(im.get("id"))]
+        if len(keep) < len(self.coco.images):
+            self.stats.load_skipped["image without annotations"] += len(self.coco.images) - len(keep)
+        return keep
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,14 +241,51 @@ def read_text(path: str, encodings: tuple[str, ...] = ("utf-8-sig", "cp1252")) -
     raise FCLMDataError(f"{path}: not decodable as any of {encodings}: {err}")
 
 
-def read_json(path: str, encodings: tuple[str, ...] = ("utf-8-sig", "cp1252")) -> Any:
-    """Parse a JSON file; errors name the file (and line/column for syntax errors)."""
+_BAD_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def _repair(obj: Any, where: tuple, found: list) -> Any:
+    """Re-decode, as cp1252, every string holding undecodable bytes (kept by surrogateescape)."""
+    if isinstance(obj, str):
+        if _BAD_BYTE.search(obj):
+            found.append(where)
+            return obj.encode("utf-8", "surrogateescape").decode("cp1252", "replace")
+        return obj
+    if isinstance(obj, list):
+        return [_repair(v, where + (i,), found) for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        return {_repair(k, where, found): _repair(v, where + (k,), found) for k, v in obj.items()}
+    return obj
+
+
+def read_json(path: str, repaired: list | None = None) -> Any:
+    """Parse a JSON file (UTF-8, BOM allowed); errors name the file (and line/column).
+
+    Bytes that are not UTF-8 do not change how the rest of the file is read: only the strings that
+    hold them are decoded as cp1252, and their JSON paths (tuples of keys/indices) are appended to
+    ``repaired`` so the caller can count the records concerned. (A whole-file cp1252 fallback
+    would turn every other non-ASCII string of a large file into mojibake.)
+    """
     if not os.path.exists(path):
         raise FileNotFoundError(f"annotation file not found: {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    text = raw.decode("utf-8-sig", "surrogateescape")
     try:
-        return json.loads(read_text(path, encodings))
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise FCLMDataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+    if _BAD_BYTE.search(text):
+        found: list = []
+        data = _repair(data, (), found)
+        if repaired is not None:
+            repaired.extend(found)
+    return data
+
+
+def repaired_records(repaired: list, depth: int = 1) -> set:
+    """The record keys (first ``depth`` path elements) that :func:`read_json` repaired."""
+    return {w[:depth] for w in repaired if len(w) >= depth}
 
 
 class _RestrictedUnpickler(pickle.Unpickler):

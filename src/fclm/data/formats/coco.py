@@ -5,6 +5,8 @@ import re
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
+
 from ..masks import rle_area, segmentation_to_rle
 from ..schema import FCLMDataError, RegionObject
 from .base import SkipObject, SkipRecord, as_int, read_json
@@ -73,19 +75,32 @@ class CocoFile:
 
     def __init__(self, path: str, data: dict | None = None):
         self.path = path
-        data = read_json(path) if data is None else data
+        repaired: list = []
+        data = read_json(path, repaired) if data is None else data
         if not isinstance(data, dict) or "images" not in data:
             raise FCLMDataError(f"{path}: not a COCO-format file (no 'images' list)")
+        # records (images / annotations) whose strings held bytes that are not UTF-8
+        self.repaired = len({w[:2] for w in repaired if len(w) >= 2 and isinstance(w[1], int)})
         self.images: list[dict] = list(data["images"])
         self.img_by_id: dict[Any, dict] = {im.get("id"): im for im in self.images}
         self.cats: dict[Any, dict] = {c.get("id"): c for c in data.get("categories", [])}
         self.anns_by_image: dict[Any, list[dict]] = defaultdict(list)
         self.ann_by_id: dict[Any, dict] = {}
+        self.orphan_annotations = 0  # annotations whose image_id is not in "images"
         for ann in data.get("annotations", []):
+            if ann.get("image_id") not in self.img_by_id:
+                self.orphan_annotations += 1
             self.anns_by_image[ann.get("image_id")].append(ann)
             if "id" in ann:
                 self.ann_by_id[ann["id"]] = ann
         self.extra = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories")}
+
+    def count_into(self, stats) -> None:
+        """Record in a reader's stats what was found while reading the file."""
+        if self.orphan_annotations:
+            stats.load_skipped_objects["annotation of an image not in the file"] += self.orphan_annotations
+        if self.repaired:
+            stats.load_notes["non-UTF-8 text decoded as cp1252"] += self.repaired
 
     def image_size(self, img: dict) -> tuple[int, int]:
         return as_int(img.get("height"), "height"), as_int(img.get("width"), "width")
@@ -115,6 +130,50 @@ def ann_to_object(ann: dict, height: int, width: int, *, category: str | None = 
         rle = seg_to_rle(seg, height, width)
     extra = {"ann_id": ann["id"]} if "id" in ann else {}
     return RegionObject(mask=rle, box=box, category=category, extra=extra)
+
+
+def summed_object(ann: dict, height: int, width: int, *, seg=None, category: str | None = None,
+                  stats=None) -> RegionObject:
+    """A COCO annotation read as LISA / PixelLM build their ground truth (RES, MUSE).
+
+    They decode the polygons and *sum* them (uint8); their IoU counts only value-1 pixels as target.
+    ``mask`` is the union (what training sees); pixels covered by more than one polygon go into
+    ``extra["multi_cover"]`` (RLE) for the reference metric to drop (:func:`reference_gt_mask`). An
+    annotation without segmentation becomes an all-zero mask, which the references score.
+    """
+    from ..masks import encode_mask, polygon_cover
+
+    seg = ann.get("segmentation") if seg is None else seg
+    extra = {"ann_id": ann["id"]} if "id" in ann else {}
+    if seg is None or (isinstance(seg, list) and not seg):
+        if stats is not None:
+            stats.note("no segmentation (kept as an all-zero mask, as the reference)")
+        return RegionObject(mask=encode_mask(np.zeros((height, width), bool)), category=category, extra=extra)
+    try:
+        cover = polygon_cover(seg, height, width)
+    except Exception as e:  # pycocotools raises bare Exceptions on unknown input
+        raise SkipObject("bad mask", f"annotation {ann.get('id')}: {e}") from e
+    if cover.shape != (height, width):
+        raise SkipObject("bad mask", f"mask {cover.shape} != image size {(height, width)}")
+    ob = RegionObject(mask=encode_mask(cover > 0), category=category, extra=extra)
+    multi = (cover > 0) & (cover != 1)
+    if multi.any():
+        ob.extra["multi_cover"] = encode_mask(multi)
+        if stats is not None:
+            stats.note("overlapping polygons (their shared pixels are not target for the metric)")
+    if not (cover == 1).any() and stats is not None:
+        stats.note("empty mask (kept, scored as the reference)")
+    return ob
+
+
+def reference_gt_mask(ob: RegionObject) -> np.ndarray:
+    """The binary target the reference IoU sees: the mask minus ``extra["multi_cover"]``."""
+    from ..masks import decode_rle
+
+    m = decode_rle(ob.mask)
+    if ob.extra.get("multi_cover") is not None:
+        m &= ~decode_rle(ob.extra["multi_cover"])
+    return m
 
 
 def image_objects(stats, where: str, anns: list[dict], build) -> list[RegionObject]:

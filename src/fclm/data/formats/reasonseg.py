@@ -1,52 +1,51 @@
 """ReasonSeg (LISA): ``<root>/reason_seg/ReasonSeg/{train,val,test}/*.jpg`` + LabelMe ``.json`` beside.
 
 Each JSON: ``text`` (list of queries), ``is_sentence``, ``shapes`` [{label, points, shape_type}].
-Mask rule (LISA's): drop ``flag`` shapes, fill the remaining polygons largest area first (outline
-included, points truncated to int), ``ignore`` shapes paint 255 (→ ``Sample.ignore_mask``), others 1
-(→ the one target object). Some files are cp1252, not UTF-8.
+Mask rule (LISA's ``utils/data_processing.py``): drop ``flag`` shapes, draw the remaining polygons
+with ``cv2.polylines`` + ``cv2.fillPoly`` (points cast to int32) in ``argsort(area)[::-1]`` order,
+``ignore`` shapes paint 255 (→ ``Sample.ignore_mask``), others 1 (→ the one target object, possibly
+empty: LISA scores such images too). The canvas is the image's own size. Some files are cp1252, not
+UTF-8 (decoded whole as cp1252, as LISA does). Needs opencv (``fclm[eval]``).
 """
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 import numpy as np
 
-from ..masks import encode_mask
+from ..masks import cv2_polygon_fill, encode_mask
 from ..schema import ImageRef, Question, RegionObject, Sample
-from .base import IndexedReader, SkipRecord, read_json, require
+from .base import IndexedReader, SkipRecord, image_size_from_file, read_text, require
 
 SPLITS = ("train", "val", "test")
 
 
-def _poly_mask(points, height: int, width: int, value: int, canvas=None):
-    from PIL import Image, ImageDraw
-
-    img = canvas if canvas is not None else Image.new("L", (width, height), 0)
-    pts = [(int(float(x)), int(float(y))) for x, y in points]
-    ImageDraw.Draw(img).polygon(pts, fill=value, outline=value)
-    return img
-
-
 def labelme_mask(shapes: list[dict], height: int, width: int) -> np.ndarray:
-    """LabelMe shapes → uint8 HxW mask with 0 background, 1 target, 255 ignore (LISA's rule)."""
-    from PIL import Image
+    """LabelMe shapes → uint8 HxW mask with 0 background, 1 target, 255 ignore (LISA's rule).
 
-    polys = []
-    for k, sh in enumerate(shapes):
+    As LISA's ``get_mask_from_json``: ``flag`` shapes dropped; each remaining polygon's area is
+    the pixel count of its own cv2 drawing; polygons are drawn in ``np.argsort(areas)[::-1]``
+    order (largest first; numpy's default sort decides ties) onto one canvas, value 255 when the
+    label contains ``ignore``, else 1.
+    """
+    polys, areas = [], []
+    for sh in shapes:
         label = str(sh.get("label", ""))
         if label.lower() == "flag":
             continue
         pts = sh.get("points") or []
-        if len(pts) < 3:
-            raise SkipRecord("degenerate polygon", f"shape {k} has {len(pts)} point(s)")
-        area = int(np.asarray(_poly_mask(pts, height, width, 1)).sum())
-        polys.append((area, k, pts, 255 if "ignore" in label.lower() else 1))
-    polys.sort(key=lambda p: -p[0])  # stable: equal areas keep file order
-    canvas = Image.new("L", (width, height), 0)
-    for _, _, pts, value in polys:
-        _poly_mask(pts, height, width, value, canvas)
-    return np.asarray(canvas)
+        if not pts:
+            raise SkipRecord("degenerate polygon", f"shape {label!r} has no point")
+        tmp = cv2_polygon_fill(np.zeros((height, width), np.uint8), pts, 1)
+        areas.append(tmp.sum())
+        polys.append((pts, 255 if "ignore" in label.lower() else 1))
+    mask = np.zeros((height, width), np.uint8)
+    if polys:
+        for k in np.argsort(areas)[::-1]:
+            cv2_polygon_fill(mask, *polys[int(k)])
+    return mask
 
 
 class ReasonSegReader(IndexedReader):
@@ -69,23 +68,19 @@ class ReasonSegReader(IndexedReader):
     def _parse(self, index: int, jpg: str) -> Sample:
         js = jpg[:-4] + ".json"
         require(os.path.exists(js), "annotation not found", js)
-        anno = read_json(js)  # utf-8, falling back to cp1252
-        texts = [t.strip() for t in anno.get("text") or [] if isinstance(t, str) and t.strip()]
+        try:  # LISA: UTF-8, and the whole file as cp1252 if that fails
+            anno = json.loads(read_text(js))
+        except json.JSONDecodeError as e:
+            raise SkipRecord("invalid JSON", f"{js}: line {e.lineno} column {e.colno}: {e.msg}") from None
+        require(isinstance(anno, dict), "malformed record", f"{js}: not a JSON object")
+        texts = [t.strip() for t in anno.get("text") or [] if isinstance(t, str)]
         require(bool(texts), "no query text")
         image = ImageRef(path=jpg)
-        h, w = anno.get("imageHeight"), anno.get("imageWidth")
-        if not (h and w):
-            try:
-                from PIL import Image
-
-                with Image.open(jpg) as im:
-                    w, h = im.size
-            except OSError as e:
-                raise SkipRecord("unreadable image", f"{jpg}: {e}") from e
-        h, w = int(h), int(w)
+        h, w = image_size_from_file(jpg)  # LISA draws on the image's own size, not imageHeight/Width
         mask = labelme_mask(anno.get("shapes") or [], h, w)
         target = mask == 1
-        require(bool(target.any()), "empty mask", "no target polygon")
+        if not target.any():  # LISA keeps it: an empty prediction scores IoU 1, any other 0
+            self.stats.note("no target pixel (kept, scored as LISA does)")
         ignore = mask == 255
         kind = "sentence" if anno.get("is_sentence") else "short"
         stem = os.path.splitext(os.path.basename(jpg))[0]

@@ -1,9 +1,12 @@
 """RefCOCO / RefCOCO+ / RefCOCOg (refer pickles + COCO ``instances.json``).
 
-Tree: ``<root>/refer_seg/<dataset>/{instances.json, refs(<splitBy>).p}``, images
-``<root>/coco/train2014/COCO_train2014_*.jpg``. One :class:`Sample` per (image, split): each object
-is one ref (mask of its annotation: polygons decoded, unioned, binarised) with all the ref's
-sentences as ``expressions``; evaluation iterates every sentence of every ref.
+Tree (LISA's): ``<root>/refer_seg/<dataset>/{instances.json, refs(<splitBy>).p}``, images
+``<root>/refer_seg/images/mscoco/images/train2014/COCO_train2014_*.jpg`` (else
+``<root>/coco/train2014``). One :class:`Sample` per (image, split): each object is one ref with all
+the ref's sentences as ``expressions`` (kept as published, even empty ones); evaluation iterates
+every sentence of every ref. Masks follow LISA (:func:`~fclm.data.formats.coco.summed_object`): the
+polygons are summed, so pixels covered twice are not target for the metric, and a ref whose
+annotation has no segmentation is scored against an all-zero mask.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from collections import OrderedDict
 
 from ..schema import Sample
 from .base import IndexedReader, SkipObject, image_ref, load_data_pickle, require
-from .coco import CocoFile, ann_to_object, image_objects
+from .coco import CocoFile, image_objects, summed_object
 
 SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 SPLITS = {"unc": ("train", "val", "testA", "testB"), "umd": ("train", "val", "test"),
@@ -27,7 +30,8 @@ class RefCocoReader(IndexedReader):
         if split not in SPLITS.get(self.split_by, (split,)):
             raise ValueError(f"{name} ({self.split_by}) has splits {SPLITS[self.split_by]}, not {split!r}")
         self.ann_dir = ann_dir or os.path.join(root, "refer_seg", name)
-        self.image_dir = image_dir or os.path.join(root, "coco", "train2014")
+        lisa = os.path.join(root, "refer_seg", "images", "mscoco", "images", "train2014")
+        self.image_dir = image_dir or (lisa if os.path.isdir(lisa) else os.path.join(root, "coco", "train2014"))
         self.refs_path = os.path.join(self.ann_dir, f"refs({self.split_by}).p")
         self.source = self.refs_path
 
@@ -36,6 +40,7 @@ class RefCocoReader(IndexedReader):
         # with a restricted unpickler that only rebuilds plain containers/strings/numbers.
         refs = load_data_pickle(self.refs_path, f"refer file {self.refs_path}")
         self.coco = CocoFile(os.path.join(self.ann_dir, "instances.json"))
+        self.coco.count_into(self.stats)
         groups: OrderedDict = OrderedDict()  # image_id → refs of this split, in file order
         for ref in refs:
             if ref.get("split") == self.split:
@@ -52,14 +57,15 @@ class RefCocoReader(IndexedReader):
         h, w = self.coco.image_size(img)
 
         def build(ref):
-            sents = [s.get("sent", s.get("raw", "")) for s in ref.get("sentences", [])]
-            sents = [s for s in sents if s and s.strip()]
+            sents = [str(s["sent"]) for s in ref.get("sentences", [])]  # LISA reads "sent"
             if not sents:
                 raise SkipObject("no sentences", f"ref {ref.get('ref_id')}")
+            if not all(s.strip() for s in sents):
+                self.stats.note("empty sentence (kept, as LISA)")
             ann = self.coco.ann_by_id.get(ref.get("ann_id"))
             if ann is None:
                 raise SkipObject("annotation not found", f"ref {ref.get('ref_id')} ann {ref.get('ann_id')}")
-            ob = ann_to_object(ann, h, w, category=self.coco.category_name(ann))
+            ob = summed_object(ann, h, w, category=self.coco.category_name(ann), stats=self.stats)
             ob.expressions = sents
             ob.extra.update(ref_id=ref.get("ref_id"), sent_ids=[s.get("sent_id") for s in ref["sentences"]])
             return ob

@@ -186,15 +186,25 @@ def _rle(m: dict) -> dict:
     return _norm_rle(m)
 
 
-def iou_matrix(a: Sequence[dict], b: Sequence[dict]) -> np.ndarray:
-    """IoU of every RLE in ``a`` with every RLE in ``b`` (0 for two empty masks), shape (len a, len b)."""
+def iou_matrix(a: Sequence[dict], b: Sequence[dict], empty_iou: float = float("nan")) -> np.ndarray:
+    """IoU of every RLE in ``a`` with every RLE in ``b``, shape (len a, len b).
+
+    Two empty masks give ``empty_iou``: NaN by default, as GLaMM's ``compute_iou`` (0 / 0). A NaN
+    then stops GLaMM's greedy mIoU loop (``np.max`` is NaN, not > 0) and is taken first by its
+    recall loop (``np.argmax`` returns the first NaN, which passes the ``<`` threshold test); the
+    ``clean`` protocol passes 0.
+    """
     if not len(a) or not len(b):
         return np.zeros((len(a), len(b)))
     ra, rb = [_rle(m) for m in a], [_rle(m) for m in b]
     sizes = {tuple(r["size"]) for r in ra + rb}
     if len(sizes) > 1:
         raise FCLMDataError(f"masks of different sizes compared: {sorted(sizes)}")
-    return np.asarray(mask_utils.iou(ra, rb, [0] * len(rb)), dtype=np.float64).reshape(len(a), len(b))
+    m = np.asarray(mask_utils.iou(ra, rb, [0] * len(rb)), dtype=np.float64).reshape(len(a), len(b))
+    ea = np.asarray(mask_utils.area(ra)) == 0
+    eb = np.asarray(mask_utils.area(rb)) == 0
+    m[np.outer(ea, eb)] = empty_iou
+    return m
 
 
 def greedy_miou(ious: np.ndarray) -> float:
@@ -312,14 +322,20 @@ def mask_ap50(images: Sequence[GCGImage], preds: dict[str, GCGPrediction], scale
 
 def evaluate_gcg(images: Sequence[GCGImage], preds: dict[str, GCGPrediction], *, text_encoder=None,
                  text_model: str | None = None, iou_threshold: float = 0.5, text_threshold: float = 0.5,
-                 captions: bool = True, scale: float = 100.0) -> dict:
+                 captions: bool = True, scale: float = 100.0, protocol: str = "reference") -> dict:
     """All GCG metrics of ``preds`` (by image id) against ``images``.
+
+    ``protocol="clean"`` scores two empty masks as IoU 0 instead of GLaMM's NaN (see
+    :func:`iou_matrix`).
 
     ``text_encoder`` (or the spec ``text_model``, see :mod:`~fclm.eval.metrics.text_sim`) embeds
     phrases for recall. ``captions=False`` skips METEOR/CIDEr (no Java needed).
     """
     from .text_sim import load_text_encoder, similarity_matrix
 
+    if protocol not in ("reference", "clean"):
+        raise ValueError(f"unknown GCG protocol {protocol!r}; expected reference or clean")
+    empty = float("nan") if protocol == "reference" else 0.0
     by_id = {im.id: im for im in images}
     for iid, p in preds.items():
         im = by_id.get(iid)
@@ -336,7 +352,7 @@ def evaluate_gcg(images: Sequence[GCGImage], preds: dict[str, GCGPrediction], *,
     mious = []
     for im in images:
         p = preds.get(im.id)
-        mious.append(greedy_miou(iou_matrix(p.masks, im.masks)) if p else 0.0)
+        mious.append(greedy_miou(iou_matrix(p.masks, im.masks, empty)) if p else 0.0)
     metrics["mIoU"] = float(np.mean(mious)) * scale if mious else 0.0
     if text_encoder is None:
         text_encoder = load_text_encoder(text_model)
@@ -346,7 +362,7 @@ def evaluate_gcg(images: Sequence[GCGImage], preds: dict[str, GCGPrediction], *,
         p = preds.get(im.id)
         if p is None:
             continue
-        ious = iou_matrix(im.masks, p.masks)
+        ious = iou_matrix(im.masks, p.masks, empty)
         sims = similarity_matrix(text_encoder, im.labels, p.phrases)
         try:
             tp += len(greedy_text_matches(ious, sims, iou_threshold, text_threshold))

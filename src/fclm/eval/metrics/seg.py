@@ -8,12 +8,14 @@ Per query (one referring expression / question): the prediction is binarised (lo
 original image size), pixels whose ground truth is the ignore label 255 are removed from both
 prediction and ground truth, and the foreground intersection ``I`` and union ``U`` are counted.
 
-* ``IoU_i = I / U``, and ``1.0`` when ``U == 0`` (both empty: LISA's "no-object target" rule).
-* **cIoU** = ``sum(I) / sum(U)`` over the split (cumulative IoU).
+* ``IoU_i = I / (U + 1e-5)``, and ``1.0`` when ``U == 0`` (both empty: LISA's "no-object target"
+  rule).
+* **cIoU** = ``sum(I) / (sum(U) + 1e-10)`` over the split (cumulative IoU).
 * **gIoU** = mean of ``IoU_i`` over the queries.
 
-Deviation: LISA divides by ``U + 1e-5`` (and cIoU by ``sum(U) + 1e-10``); we divide exactly. The
-difference is below ``1e-5 / U`` per query, invisible at the reported precision.
+The epsilons are LISA's (``REFERENCE_EPS``); ``SegAccumulator(eps=0, ciou_eps=0)`` divides exactly
+(the ``clean`` protocol of ``fclm score``). Ground truth built by summing polygons (RES, MUSE) drops
+the pixels covered twice before it gets here (LISA's ``histc`` only counts value 1).
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from typing import Iterable
 import numpy as np
 
 IGNORE_LABEL = 255
+REFERENCE_EPS = 1e-5  # LISA / PixelLM: acc_iou = I / (U + 1e-5)
+REFERENCE_CIOU_EPS = 1e-10  # LISA / PixelLM: cIoU = ΣI / (ΣU + 1e-10)
 
 
 def _as_bool(mask, name: str) -> np.ndarray:
@@ -55,9 +59,9 @@ def intersection_union(pred, gt, ignore=None) -> tuple[int, int]:
     return int(np.count_nonzero(p & g)), int(np.count_nonzero(p | g))
 
 
-def iou_from(inter: int, union: int) -> float:
-    """``I / U``, or 1.0 when ``U == 0`` (empty prediction and empty ground truth, LISA)."""
-    return 1.0 if union == 0 else inter / union
+def iou_from(inter: int, union: int, eps: float = 0.0) -> float:
+    """``I / (U + eps)``, or 1.0 when ``U == 0`` (empty prediction and empty ground truth, LISA)."""
+    return 1.0 if union == 0 else inter / (union + eps)
 
 
 class SegAccumulator:
@@ -68,7 +72,8 @@ class SegAccumulator:
     summed IoUs of an image by ``max(#pred, #GT)``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, eps: float = REFERENCE_EPS, ciou_eps: float = REFERENCE_CIOU_EPS) -> None:
+        self.eps, self.ciou_eps = eps, ciou_eps
         self.inter = 0
         self.union = 0
         self.iou_sum = 0.0
@@ -80,7 +85,7 @@ class SegAccumulator:
         return self.add_iu(*intersection_union(pred, gt, ignore))
 
     def add_iu(self, inter: int, union: int) -> float:
-        iou = iou_from(inter, union)
+        iou = iou_from(inter, union, self.eps)
         self.inter += int(inter)
         self.union += int(union)
         self.iou_sum += iou
@@ -104,7 +109,7 @@ class SegAccumulator:
 
     @property
     def ciou(self) -> float:
-        return self.inter / self.union if self.union else 0.0
+        return self.inter / (self.union + self.ciou_eps) if self.union else 0.0
 
     @property
     def giou(self) -> float:
@@ -115,9 +120,10 @@ class SegAccumulator:
         return {"gIoU": self.giou * scale, "cIoU": self.ciou * scale}
 
 
-def ciou_giou(pairs: Iterable[tuple], scale: float = 100.0) -> dict:
-    """cIoU and gIoU of ``(pred, gt)`` or ``(pred, gt, ignore)`` mask tuples (LISA protocol)."""
-    acc = SegAccumulator()
+def ciou_giou(pairs: Iterable[tuple], scale: float = 100.0, exact: bool = False) -> dict:
+    """cIoU and gIoU of ``(pred, gt)`` or ``(pred, gt, ignore)`` mask tuples (LISA protocol;
+    ``exact`` drops LISA's epsilons)."""
+    acc = SegAccumulator(0.0, 0.0) if exact else SegAccumulator()
     for item in pairs:
         acc.add(*item)
     return acc.summary(scale)

@@ -53,3 +53,33 @@ def test_roc_eval_files(tmp_path):
     assert r.stats.skipped == {"categories/annotations mismatch": 1}
     write_json(str(tmp_path / "paco" / "paco_val_1k_category.json"), recs[:1])
     assert load_dataset("roc_paco", str(tmp_path)).records[0]["categories"] == ["dog", "frisbee"]
+
+
+def test_roc_images_masks_and_counts_as_osprey(tmp_path):
+    """Osprey joins file_name to one folder of all COCO-2017 images; without --image-dir we find
+    train2017 images too. Masks equal Osprey's annToMask (frPyObjects + merge); empty ones are kept."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    from fclm.data.masks import decode_rle
+    from test_data_util import write_image
+
+    tri = [[1.5, 1.0, 20.7, 3.2, 9.9, 18.4], [15.0, 15.0, 25.0, 15.0, 25.0, 25.0, 15.0, 25.0]]
+    recs = [{"file_name": "000000000001.jpg", "height": 30, "width": 40, "categories": ["bow_(weapon)", "dog:head"],
+             "annotations": [{"segmentation": tri}, {"segmentation": [[50.0, 50.0, 51.0, 50.0, 51.0, 51.0]]}]},
+            {"file_name": "000000000002.jpg", "height": 30, "width": 40, "categories": ["cat"],
+             "annotations": [{"segmentation": [square(0, 0, 4, 4)]}]}]
+    write_json(str(tmp_path / "paco" / "lvis_val_1k_category.json"), recs)
+    write_image(str(tmp_path / "coco" / "train2017" / "000000000001.jpg"), 40, 30)
+    write_image(str(tmp_path / "coco" / "val2017" / "000000000002.jpg"), 40, 30)
+    r = load_dataset("roc_lvis", str(tmp_path), check_images=True)
+    a, b = list(r)
+    assert a.image.path == str(tmp_path / "coco" / "train2017" / "000000000001.jpg")
+    assert b.image.path == str(tmp_path / "coco" / "val2017" / "000000000002.jpg")
+    assert r.stats.objects == 3 and r.stats.notes == {"empty mask (kept, scored as Osprey)": 1}
+    want = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(tri, 30, 40)))
+    np.testing.assert_array_equal(decode_rle(a.objects[0].mask), want.astype(bool))
+    assert [q.label for q in iter_queries(a, "roc")] == ["bow_(weapon)", "dog:head"]  # raw: the metric cleans
+    flat = tmp_path / "all_coco"
+    (s, _) = list(load_dataset("roc_lvis", str(tmp_path), image_dir=str(flat)))
+    assert s.image.path == str(flat / "000000000001.jpg")

@@ -4,8 +4,12 @@
   Category names ``obj`` or ``obj:part`` with ``_(...)`` disambiguators stripped.
 * ``roc_lvis`` / ``roc_paco``: ``<root>/paco/{lvis,paco}_val_1k_category.json``: a list of
   {file_name, height, width, categories: [str], annotations: [{segmentation}]}, categories[i] ↔
-  annotations[i]; images from ``<root>/coco/val2017`` by default. Ground-truth categories are kept
-  as published (the ROC metric cleans them).
+  annotations[i] (4,004 LVIS / 4,263 PACO objects). ``file_name`` is a bare COCO-2017 name that
+  Osprey joins to one folder holding all COCO images (``image_dir=``, its ``--img``); without it
+  the image is looked up in ``<root>/coco/train2017`` then ``<root>/coco/val2017`` (most LVIS v1
+  val images are train2017 images). Masks as Osprey's ``annToMask`` (polygons merged) or its RLE
+  decode; every object is kept, an empty mask too (Osprey scores it). Ground-truth categories are
+  kept as published (the ROC metric cleans them).
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import os
 
 from ..schema import ImageRef, RegionObject, Sample
 from .base import CocoImagesReader, JsonListReader, SkipObject, SkipRecord, as_int, require
-from .coco import ann_to_object, coco_image_path, image_objects, seg_to_rle
+from .coco import ann_to_object, coco_image_path, image_objects
 
 
 class CocoCategoryReader(CocoImagesReader):
@@ -48,26 +52,44 @@ class RocEvalReader(JsonListReader):
     """Osprey's ROC eval lists: one sample per image, object i labelled ``categories[i]``."""
 
     def __init__(self, name: str, root: str, split: str = "val", *, ann_file: str | None = None,
-                 coco_root: str | None = None, image_subdir: str = "val2017", check_images: bool = False):
+                 coco_root: str | None = None, image_dir: str | None = None, check_images: bool = False):
         super().__init__(name, split, check_images)
         self.source = ann_file or os.path.join(root, "paco", ROC_FILES[name])
-        self.coco_root = coco_root or os.path.join(root, "coco")
-        self.image_subdir = image_subdir
+        coco_root = coco_root or os.path.join(root, "coco")
+        self.image_dirs = [image_dir] if image_dir else [os.path.join(coco_root, d) for d in ("train2017", "val2017")]
+
+    def _image_path(self, file_name: str) -> str:
+        paths = [os.path.join(d, file_name) for d in self.image_dirs]
+        return next((p for p in paths if os.path.exists(p)), paths[-1])
 
     def _parse(self, index: int, rec: dict) -> Sample:
+        from pycocotools import mask as mask_utils
+
+        from ..masks import segmentation_to_rle
+
         h, w = as_int(rec.get("height"), "height"), as_int(rec.get("width"), "width")
         cats, anns = rec.get("categories") or [], rec.get("annotations") or []
         require(bool(anns), "no objects")
         require(len(cats) == len(anns), "categories/annotations mismatch",
                 f"{len(cats)} categories, {len(anns)} annotations")
+        require(bool(rec.get("file_name")), "missing field", "no file_name")
         objs = []
         for j, (cat, ann) in enumerate(zip(cats, anns)):
-            try:  # eval ids are object indices: a bad object invalidates the record
-                objs.append(RegionObject(mask=seg_to_rle(ann.get("segmentation"), h, w), category=str(cat),
-                                         extra={"ann_id": ann["id"]} if "id" in ann else {}))
-            except SkipObject as e:
-                raise SkipRecord(e.reason, f"annotation {j}: {e.detail}") from None
-        path = coco_image_path(self.coco_root, rec.get("file_name"), self.image_subdir, rec.get("coco_url"))
+            seg = ann.get("segmentation")
+            try:  # eval ids are object indices: a mask that cannot be read invalidates the record
+                if isinstance(seg, list):  # Osprey's annToMask: frPyObjects + merge
+                    rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+                    rle = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+                else:
+                    rle = segmentation_to_rle(seg, h, w)
+            except Exception as e:  # pycocotools raises bare Exceptions
+                raise SkipRecord("bad mask", f"annotation {j}: {e}") from None
+            if [int(v) for v in rle["size"]] != [h, w]:
+                raise SkipRecord("bad mask", f"annotation {j}: RLE size {rle['size']} != image size {[h, w]}")
+            if not mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}):
+                self.stats.note("empty mask (kept, scored as Osprey)")
+            objs.append(RegionObject(mask=rle, category=str(cat), extra={"ann_id": ann["id"]} if "id" in ann else {}))
+        path = self._image_path(rec["file_name"])
         sid = rec.get("image_id", rec.get("id", index))
         return Sample(id=f"{self.name}_{sid}", source=self.name, image=ImageRef(path=path), height=h,
                       width=w, objects=objs, split=self.split, extra={"file_name": rec.get("file_name")})

@@ -28,10 +28,19 @@ def test_dlc_bench(tmp_path):
 
 
 def test_dlc_bench_release_folder(tmp_path):
-    d = tmp_path / "dlc_bench" / "annotations"  # the HF release keeps everything in annotations/
+    """The release (git clone of nvidia/DLC-Bench, folder DLC-bench): annotations/ and images/ side by side."""
+    from test_data_util import write_image
+
+    rel = tmp_path / "DLC-bench"
+    d = rel / "annotations"
     write_json(str(d / "annotations.json"), {
-        "images": [{"id": 1, "file_name": "images/objects365_v2_1.jpg", "height": 30, "width": 40}],
-        "annotations": [{"id": 7, "image_id": 1, "bbox": [0, 0, 4, 4], "segmentation": rle_str(rect_mask(30, 40, 0, 0, 4, 4))}]})
+        "images": [{"id": 1, "file_name": "objects365_v2_1.jpg", "height": 30, "width": 40}],
+        "annotations": [{"id": 7, "image_id": 1, "bbox": [0, 0, 4, 4], "segmentation": rle_str(rect_mask(30, 40, 0, 0, 4, 4))},
+                        {"id": 8, "image_id": 99, "bbox": [0, 0, 4, 4], "segmentation": rle_str(rect_mask(30, 40, 0, 0, 4, 4))}]})
     write_json(str(d / "class_names.json"), {"7": "lamp"})
-    (s,) = list(load_dataset("dlc_bench", str(tmp_path)))
-    assert s.image.path == str(d / "images" / "objects365_v2_1.jpg") and s.objects[0].extra["qa"] == []
+    write_image(str(rel / "images" / "objects365_v2_1.jpg"), 40, 30)
+    for where in (rel, d):  # the release folder or its annotations/ folder
+        r = load_dataset("dlc_bench", str(tmp_path), bench_dir=str(where), check_images=True)
+        (s,) = list(r)
+        assert s.image.path == str(rel / "images" / "objects365_v2_1.jpg") and s.objects[0].extra["qa"] == []
+        assert r.stats.to_dict()["skipped_objects"] == {"annotation of an image not in the file": 1}

@@ -170,3 +170,25 @@ def test_fclm_score_dlc_without_judge_is_a_clear_error(tmp_path, capsys):
     pred.write_text(json.dumps({"1": "x", "2": "x", "3": "x"}))
     assert main(["score", "--task", "dlc", "--data", str(bench), "--pred", str(pred)]) == 2
     assert "--judge-url" in capsys.readouterr().err
+
+
+def test_fclm_score_judge_timeout(tmp_path, capsys):
+    """--judge-timeout bounds the wait for a judge that accepts connections but never replies."""
+    import socket
+
+    bench = _dlc_bench(tmp_path / "DLC-bench")
+    pred = tmp_path / "p.json"
+    pred.write_text(json.dumps({"1": "x", "2": "x", "3": "x"}))
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        argv = ["score", "--task", "dlc", "--data", str(bench), "--pred", str(pred), "--judge-url", url,
+                "--judge-model", "m", "--judge-retries", "0", "--judge-workers", "1", "--judge-timeout", "0.5"]
+        assert main(argv) == 2
+        assert "fclm score: error:" in capsys.readouterr().err
+        assert main(argv[:-1] + ["0"]) == 2
+        assert "--judge-timeout must be > 0" in capsys.readouterr().err
+    finally:
+        silent.close()

@@ -67,6 +67,21 @@ def test_parse_choice_follows_dam():
     assert dlc.parse_choice("Yes", ["Yes", "No"]) == 0
 
 
+def test_recognition_questions_equal_dams_on_the_real_class_list():
+    """All 100 DLC-Bench class names give exactly the question DAM's own evaluation sent (its
+    cached dam_3b_v1_eval.json), including the names that simple rules get wrong."""
+    import json
+    import os
+
+    with open(os.path.join(os.path.dirname(__file__), "fixtures", "dlc_bench_recognition_questions.json")) as f:
+        regions = json.load(f)["regions"]
+    assert len(regions) == 100
+    for key, r in regions.items():
+        assert dlc.recognition_question(r["class_name"])["question"] == r["question"], key
+    names = {r["class_name"] for r in regions.values()}
+    assert {"herb", "wine glass", "scissors", "suv"} <= names
+
+
 def test_recognition_question_and_prompt_text():
     q = dlc.recognition_question("apple")["question"]
     assert q.startswith("Is it likely that the object in the description is an apple or an object")
@@ -121,3 +136,17 @@ def test_evaluate_dlc_known_answer_and_missing():
     out = dlc.evaluate_dlc({"1": "a dog"}, gt, lambda ps: ["Yes" if "Is it likely" in p else "A" for p in ps],
                            default_prediction="")
     assert out["counts"]["missing_predictions"] == 2
+
+
+def test_inflect_version_outside_the_tested_range_is_refused(monkeypatch):
+    import importlib.metadata
+
+    from fclm.data.schema import FCLMDataError
+
+    monkeypatch.setattr(dlc, "_ENGINE", None)
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "7.6.0")
+    monkeypatch.delenv("FCLM_ALLOW_ANY_INFLECT", raising=False)
+    with pytest.raises(FCLMDataError, match="inflect 7.6.0"):
+        dlc.recognition_question("wine glass")
+    monkeypatch.setenv("FCLM_ALLOW_ANY_INFLECT", "1")
+    assert dlc.recognition_question("dog")["question"].startswith("Is it likely that the object in the description is a dog")

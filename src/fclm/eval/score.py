@@ -169,7 +169,7 @@ def load_ground_truth(task: str, data: str, dataset: str | None = None, split: s
         from .metrics.dlc import load_dlc_bench
 
         base = data if os.path.isdir(data) else os.path.dirname(data)
-        if os.path.exists(os.path.join(base, "qa.json")):
+        if os.path.exists(os.path.join(base, "qa.json")) or os.path.exists(os.path.join(base, "annotations", "qa.json")):
             return load_dlc_bench(data)
     if dataset is None and task == "gcg":
         from .metrics.gcg import load_gcg_gt

@@ -1,10 +1,13 @@
 """DLC-Bench (DAM's detailed localized captioning benchmark): ``<root>/dlc_bench/``.
 
-The release's ``annotations/`` folder (``<root>/dlc_bench/`` or ``<root>/dlc_bench/annotations/``):
-``annotations.json`` (COCO format: images + one annotation per evaluated region), ``images/``,
-``class_names.json`` {ann_id: class name}, ``qa.json`` {ann_id: [{question, choices: [[text,
-score], ...], type: positive|negative}]}. One sample per image; each object carries
-``extra["ann_id"]`` (the evaluation id), ``category`` (class name) and ``extra["qa"]``.
+The release folder (``git clone https://huggingface.co/datasets/nvidia/DLC-Bench``, folder
+``DLC-bench``) holds ``annotations/`` — ``annotations.json`` (COCO format: images + one annotation
+per evaluated region), ``class_names.json`` {ann_id: class name}, ``qa.json`` {ann_id: [{question,
+choices: [[text, score], ...], type: positive|negative}]} — and ``images/`` side by side. Pass the
+release folder (or its ``annotations/`` folder, or a flat folder holding all of them) as
+``bench_dir``; images are looked up in ``images/`` beside ``annotations/`` first, then inside it.
+One sample per image; each object carries ``extra["ann_id"]`` (the evaluation id), ``category``
+(class name) and ``extra["qa"]``. Masks as DAM's ``coco.annToMask``.
 """
 from __future__ import annotations
 
@@ -19,14 +22,19 @@ class DlcBenchReader(IndexedReader):
     def __init__(self, name: str, root: str, split: str = "test", *, bench_dir: str | None = None,
                  check_images: bool = False):
         super().__init__(name, split, check_images)
-        self.dir = bench_dir or os.path.join(root, "dlc_bench")
-        if not os.path.exists(os.path.join(self.dir, "annotations.json")) and \
-                os.path.isdir(os.path.join(self.dir, "annotations")):
-            self.dir = os.path.join(self.dir, "annotations")  # the release's own folder name
+        base = bench_dir or os.path.join(root, "dlc_bench")
+        self.dir = base
+        if not os.path.exists(os.path.join(base, "annotations.json")) and \
+                os.path.isdir(os.path.join(base, "annotations")):
+            self.dir = os.path.join(base, "annotations")  # the release's own folder name
         self.source = os.path.join(self.dir, "annotations.json")
+        candidates = [os.path.join(os.path.dirname(os.path.abspath(self.dir)), "images"),
+                      os.path.join(self.dir, "images"), os.path.join(base, "images")]
+        self.image_dir = next((d for d in candidates if os.path.isdir(d)), os.path.join(base, "images"))
 
     def _load(self) -> list:
         self.coco = CocoFile(self.source)
+        self.coco.count_into(self.stats)
         self.class_names = {str(k): v for k, v in read_json(os.path.join(self.dir, "class_names.json")).items()}
         qa_path = os.path.join(self.dir, "qa.json")
         self.qa = {str(k): v for k, v in read_json(qa_path).items()} if os.path.exists(qa_path) else {}
@@ -46,6 +54,7 @@ class DlcBenchReader(IndexedReader):
 
         objs = image_objects(self.stats, self._where(index), self.coco.anns_by_image[img["id"]], build)
         fname = img["file_name"]
-        path = os.path.join(self.dir, fname if fname.startswith("images/") else os.path.join("images", fname))
+        fname = fname[len("images/"):] if fname.startswith("images/") else fname
+        path = os.path.join(self.image_dir, fname)
         return Sample(id=f"dlc_bench_{img['id']}", source=self.name, image=ImageRef(path=path), height=h,
                       width=w, objects=objs, split=self.split, extra={"image_id": img["id"]})

@@ -26,9 +26,11 @@ Deviations (documented in ``docs/evaluation.md``):
   outside the choices, is treated the same way (DAM crashes on both).
 * An unparseable reply to the *recognition* question is counted and treated as "not recognised"
   (DAM raises an error and stops).
-* The article and plural form of the class name in the recognition question use the ``inflect``
-  package when it is installed (as DAM); otherwise a small built-in rule set, which agrees with
-  inflect on ordinary English nouns.
+
+The recognition question's article and plural test use the ``inflect`` package, as DAM does;
+inflect 6.0.5 – 7.5 reproduce the wording of all 100 questions in DAM's cached evaluation
+(``dam_3b_v1_eval.json``), 7.6 words "wine glass" differently, so ``fclm[eval]`` pins
+``inflect<7.6`` and another version is refused (``FCLM_ALLOW_ANY_INFLECT=1`` overrides).
 """
 from __future__ import annotations
 
@@ -57,47 +59,48 @@ JUDGE_MAX_TOKENS = 300
 # ---------------------------------------------------------------------------------------------
 # recognition question
 # ---------------------------------------------------------------------------------------------
-_IRREGULAR_PLURALS = {"people", "men", "women", "children", "feet", "teeth", "mice", "geese", "oxen",
-                      "dice", "lice", "cacti", "fungi", "data"}
-_SINGULAR_S_ENDINGS = ("ss", "us", "is", "ous", "ics")
-_AN_EXCEPTIONS = ("hour", "honest", "honor", "honour", "heir", "herb")
-_A_EXCEPTIONS = ("uni", "use", "usu", "uti", "ure", "eu", "ewe", "one", "once", "ubiq", "uk", "ura", "uro")
+INFLECT_TESTED = ((6, 0, 5), (7, 6))  # [lowest, first excluded) versions matching DAM's prompts
+_ENGINE = None
 
 
 def _inflect_engine():
+    """One ``inflect.engine()``; a clear error if inflect is missing or words questions otherwise."""
+    global _ENGINE
+    if _ENGINE is not None:
+        return _ENGINE
+    from ...data.schema import FCLMDataError
+
     try:
         import inflect
-    except ImportError:
-        return None
-    return inflect.engine()
+    except ImportError as e:
+        raise FCLMDataError("DLC-Bench questions are worded with the 'inflect' package as DAM's "
+                            "eval_model_outputs.py does: pip install 'fclm[eval]'") from e
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("inflect")
+    except PackageNotFoundError:  # pragma: no cover - vendored copy
+        v = "0"
+    parts = tuple(int(x) for x in re.findall(r"\d+", v)[:3])
+    lo, hi = INFLECT_TESTED
+    if not (lo <= parts < hi) and not os.environ.get("FCLM_ALLOW_ANY_INFLECT"):
+        raise FCLMDataError(f"inflect {v} is installed; DAM's DLC-Bench question wording is reproduced by "
+                            f"inflect >= 6.0.5, < 7.6 (pip install 'inflect<7.6'; "
+                            "FCLM_ALLOW_ANY_INFLECT=1 to use it anyway)")
+    _ENGINE = inflect.engine()
+    return _ENGINE
 
 
 def is_plural(name: str) -> bool:
-    """Whether a class name is plural (DAM uses ``inflect.singular_noun(name) is not False``)."""
+    """Whether a class name is plural (DAM: ``inflect.singular_noun(name) is not False``, "bus" singular)."""
     if name == "bus":  # DAM's special case
         return False
-    eng = _inflect_engine()
-    if eng is not None:
-        return eng.singular_noun(name) is not False
-    last = name.strip().lower().split()[-1] if name.strip() else ""
-    if last in _IRREGULAR_PLURALS:
-        return True
-    return last.endswith("s") and not last.endswith(_SINGULAR_S_ENDINGS)
+    return _inflect_engine().singular_noun(name) is not False
 
 
 def with_article(name: str) -> str:
     """``"a dog"`` / ``"an apple"`` (DAM uses ``inflect.a``)."""
-    eng = _inflect_engine()
-    if eng is not None:
-        return eng.a(name)
-    low = name.strip().lower()
-    if low.startswith(_AN_EXCEPTIONS):
-        art = "an"
-    elif low.startswith(_A_EXCEPTIONS):
-        art = "a"
-    else:
-        art = "an" if low[:1] in "aeiou" and low else "a"
-    return f"{art} {name}"
+    return _inflect_engine().a(name)
 
 
 def recognition_question(class_name: str) -> dict:
@@ -248,6 +251,8 @@ def load_dlc_bench(root: str) -> DLCBenchGT:
     from ...data.schema import FCLMDataError
 
     base = root if os.path.isdir(root) else os.path.dirname(root)
+    if not os.path.exists(os.path.join(base, "qa.json")) and os.path.exists(os.path.join(base, "annotations", "qa.json")):
+        base = os.path.join(base, "annotations")  # the release folder: annotations/ beside images/
     paths = {name: os.path.join(base, f"{name}.json") for name in ("qa", "class_names")}
     data = {}
     for name, path in paths.items():

@@ -117,3 +117,31 @@ def test_draw_overlay():
     assert arr[5, 5].any() and not arr[0, 15].any()  # tinted inside, untouched outside
     with pytest.raises(ValueError):
         draw_overlay(img, [np.zeros((3, 3), bool)], ["x"])
+
+
+def test_data_check_opens_every_image_and_prints_official_counts(tmp_path, capsys):
+    """ROC LVIS fixture: counts printed beside the official 1,000 / 4,004; a truncated JPEG and a
+    wrong-size image are reported; --no-images skips the image pass."""
+    import io
+
+    recs = [{"file_name": f"{k:012d}.jpg", "height": 30, "width": 40, "categories": ["cup"],
+             "annotations": [{"segmentation": [square(0, 0, 5, 5)]}]} for k in (1, 2, 3)]
+    write_json(str(tmp_path / "paco" / "lvis_val_1k_category.json"), recs)
+    d = tmp_path / "coco" / "train2017"
+    write_image(str(d / "000000000001.jpg"), 40, 30)
+    write_image(str(d / "000000000002.jpg"), 20, 30)  # wrong size
+    buf = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((30, 40, 3)) * 255).astype(np.uint8)).save(buf, "JPEG")
+    (d / "000000000003.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])  # truncated
+    js = tmp_path / "r.json"
+    assert _run(["data", "check", "--dataset", "roc_lvis", "--root", str(tmp_path), "--json", str(js)]) == 0
+    text = capsys.readouterr().out
+    assert "3 records (official 1,000 DIFFERENT), 3 objects (official 4,004 DIFFERENT)" in text
+    (e,) = json.loads(js.read_text())["datasets"]
+    assert e["expected"] == {"records": 1000, "objects": 4004}
+    assert e["images"]["opened"] == 2
+    assert e["images"]["problems"]["truncated"]["count"] == 1
+    assert e["images"]["problems"]["size differs from the record"]["count"] == 1
+    assert "image truncated  1" in text
+    assert _run(["data", "check", "--dataset", "roc_lvis", "--root", str(tmp_path), "--json", str(js), "--no-images"]) == 0
+    assert "images" not in json.loads(js.read_text())["datasets"][0]

@@ -1,4 +1,5 @@
-"""``fclm data check``: read datasets end to end, report records / objects / skips by reason."""
+"""``fclm data check``: read datasets end to end, report records / objects / skips by reason beside
+the official release's published counts, and open every image (truncated files reported)."""
 from __future__ import annotations
 
 import json
@@ -20,7 +21,9 @@ def register(subparsers) -> None:
     c.add_argument("--show", type=int, default=0, help="write N sample overlays per dataset (PNG)")
     c.add_argument("--out", help="folder for --show overlays")
     c.add_argument("--limit", type=int, default=None, help="read at most this many records per dataset")
-    c.add_argument("--no-check-images", action="store_true", help="do not check that image files exist")
+    c.add_argument("--no-images", "--no-check-images", dest="no_images", action="store_true",
+                   help="do not look at the image files (by default each is opened and decoded in full: "
+                        "missing, unreadable and truncated files and wrong sizes are reported)")
     c.set_defaults(func=run_check)
 
 
@@ -75,7 +78,53 @@ def _show(sample, out_dir: str, k: int) -> str:
     return path
 
 
+def _progress(it, name: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return it
+    return tqdm(it, desc=name, unit="rec", leave=False, disable=not sys.stderr.isatty())
+
+
+def _check_image(sample, images: dict) -> None:
+    """Decode the whole image (a truncated JPEG only fails here) and compare its size to the record's."""
+    from PIL import Image
+
+    ref = sample.image
+    where = ref.describe()
+
+    def problem(kind: str, text: str) -> None:
+        p = images["problems"].setdefault(kind, {"count": 0, "examples": []})
+        p["count"] += 1
+        if len(p["examples"]) < 10:
+            p["examples"].append(text)
+
+    try:
+        if ref.array is not None:
+            size = (ref.array.shape[1], ref.array.shape[0])
+        else:
+            import io
+
+            with Image.open(ref.path if ref.path is not None else io.BytesIO(ref.data or b"")) as im:
+                im.load()
+                size = im.size
+    except FileNotFoundError:
+        problem("missing", where)
+        return
+    except OSError as e:
+        kind = "truncated" if "truncated" in str(e).lower() else "unreadable"
+        problem(kind, f"{where}: {e}")
+        return
+    except Exception as e:  # PIL raises many types for corrupt files
+        problem("unreadable", f"{where}: {type(e).__name__}: {e}")
+        return
+    images["opened"] += 1
+    if size != (sample.width, sample.height):
+        problem("size differs from the record", f"{where}: {size[0]}x{size[1]}, record says {sample.width}x{sample.height}")
+
+
 def run_check(args) -> int:
+    from .formats.expected import expected_counts
     from .formats.registry import load_dataset
     from .schema import FCLMDataError
 
@@ -96,10 +145,14 @@ def run_check(args) -> int:
         ds_root = item.pop("_root", root)
         entry = {"name": name, "split": split}
         try:
-            reader = load_dataset(name, ds_root, split, check_images=not args.no_check_images, **item)
+            reader = load_dataset(name, ds_root, split, check_images=not args.no_images, **item)
             entry["split"] = reader.split
-            shown = 0
-            for n, sample in enumerate(reader):
+            shown, expressions = 0, 0
+            images = {"opened": 0, "problems": {}} if not args.no_images else None
+            for n, sample in enumerate(_progress(reader, name)):
+                expressions += sum(len(o.expressions) for o in sample.objects)
+                if images is not None:
+                    _check_image(sample, images)
                 if shown < args.show:
                     try:
                         entry.setdefault("overlays", []).append(_show(sample, args.out, shown))
@@ -109,6 +162,10 @@ def run_check(args) -> int:
                 if args.limit is not None and n + 1 >= args.limit:
                     break
             entry.update(reader.stats.to_dict())
+            entry["expressions"] = expressions
+            if images is not None:
+                entry["images"] = images
+            entry["expected"] = expected_counts(name, entry["split"])
         except (FileNotFoundError, FCLMDataError, ValueError) as e:
             entry["error"] = str(e)
             failed += 1
@@ -125,11 +182,28 @@ def _print_entry(e: dict) -> None:
     if "error" in e:
         print(f"{head}: ERROR {e['error']}")
         return
-    print(f"{head}: {e['records']} records, {e['objects']} objects, "
-          f"{sum(e['skipped'].values())} skipped records")
+    exp = e.get("expected") or {}
+
+    def num(key: str, label: str) -> str:
+        s = f"{e.get(key, 0)} {label}"
+        if key in exp:
+            s += f" (official {exp[key]:,}{'' if exp[key] == e.get(key) else ' DIFFERENT'})"
+        return s
+
+    parts = [num("records", "records"), num("objects", "objects")]
+    if e.get("expressions") or "expressions" in exp:
+        parts.append(num("expressions", "expressions"))
+    print(f"{head}: {', '.join(parts)}, {sum(e['skipped'].values())} skipped records")
     for reason, n in e["skipped"].items():
         print(f"    skipped record  {n:>8}  {reason}")
     for reason, n in e["skipped_objects"].items():
         print(f"    skipped object  {n:>8}  {reason}")
+    for remark, n in (e.get("notes") or {}).items():
+        print(f"    kept            {n:>8}  {remark}")
+    if "images" in e:
+        im = e["images"]
+        print(f"    images opened   {im['opened']:>8}")
+        for kind, p in im["problems"].items():
+            print(f"    image {kind}  {p['count']}  e.g. {p['examples'][0]}")
     for p in e.get("overlays", []):
         print(f"    overlay {p}")

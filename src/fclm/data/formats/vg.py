@@ -2,8 +2,10 @@
 
 Two published variants: Osprey's ``vg_train_with_mask.json`` (``segmentation`` per region) and
 GLaMM's box-only file. Default ``<root>/vg/vg_train_with_mask.json`` (pass ``ann_file`` for the
-other), images ``<root>/vg/images``. The short region caption goes to ``expressions``; regions with
-degenerate boxes (< 1 px after clipping) or no caption are skipped and counted.
+other), images ``<root>/vg/images``. The short region caption goes to ``expressions``. As Osprey's
+VG dataset: annotations flagged ``ignore`` are skipped, the mask (not the box) decides; box-only
+regions with degenerate boxes (< 1 px after clipping) or regions without caption are skipped. All
+skips are counted.
 """
 from __future__ import annotations
 
@@ -28,9 +30,17 @@ class VGReader(CocoImagesReader):
             cap = str(ann.get("caption") or "").strip()
             if not cap:
                 raise SkipObject("no caption", f"annotation {ann.get('id')}")
+            if ann.get("ignore", False):  # Osprey's VG dataset skips these
+                raise SkipObject("ignore flag (skipped, as Osprey)", f"annotation {ann.get('id')}")
             if ann.get("bbox") is None and not ann.get("segmentation"):
                 raise SkipObject("no region", f"annotation {ann.get('id')}")
-            ob = ann_to_object(ann, h, w, require_mask=False)
+            try:
+                ob = ann_to_object(ann, h, w, require_mask=False)
+            except SkipObject as e:
+                if e.reason != "degenerate box" or not ann.get("segmentation"):
+                    raise
+                # Osprey reads the mask only: a bad box next to a usable mask is not a reason to drop it
+                ob = ann_to_object({k: v for k, v in ann.items() if k != "bbox"}, h, w)
             ob.expressions = [cap]
             return ob
 

@@ -178,3 +178,12 @@ def test_refcoco_lisa_image_layout(tmp_path):
     lisa.mkdir(parents=True)
     s = next(iter(load_dataset("refcoco", str(tmp_path), "train")))
     assert s.image.path == str(lisa / "COCO_train2014_000000000001.jpg")
+
+
+def test_refer_toolkit_split_rule():
+    from fclm.data.formats.refcoco import split_matches
+
+    assert split_matches("testA", "testA") and split_matches("testAB", "testA") and split_matches("testAB", "testB")
+    assert not split_matches("testB", "testA") and not split_matches("train", "testA")
+    assert split_matches("test", "test") and split_matches("testA", "test") and not split_matches("val", "test")
+    assert split_matches("val", "val") and not split_matches("valA", "val")

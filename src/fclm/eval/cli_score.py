@@ -17,7 +17,8 @@ prediction formats (ids: docs/evaluation.md):
 examples:
   fclm score --task res --dataset refcoco --split val --data data/refcoco --pred preds.jsonl --out res.json
   fclm score --task dlc --data DLC-bench --pred dam_3b.json --judge-url http://localhost:9100/v1 \\
-             --judge-model meta-llama/Meta-Llama-3.1-8B-Instruct --out dlc.json
+             --judge-model meta-llama/Meta-Llama-3.1-8B-Instruct --judge-timeout 60 --out dlc.json
+  fclm score --task muse --data data --pred muse.jsonl --protocol clean   (our variant, not PixelLM's)
   fclm score --task gcg --data GranDf/annotations/val_test --split val --pred glamm_out/ --out gcg.json
 """
 

@@ -159,18 +159,34 @@ class HybridRegionExtractor(nn.Module):
                 norm.weight.fill_(std)
 
     def _pixels(self, feats: torch.Tensor, cover: torch.Tensor, cap: int):
-        """Select cells with coverage > 0 (at most ``cap``, the most covered) of each region.
+        """Pool each region over every covered cell; pick the pixel-enhancement keys.
 
-        feats ``(R, N, C)``, cover ``(R, N)`` → padded pixels ``(R, M, C)``, pad mask, pooled ``(R, C)``.
+        The pooled feature is the coverage-weighted mean over *all* cells with coverage > 0 (the
+        mask-average pool, at any grid size). Attention keys are the covered cells too; when a
+        region covers more than ``cap`` cells (``cap`` <= 0: no cap), ``cap`` of them are kept,
+        evenly spaced along the region's cells in row-major order (an unbiased subsample: every part
+        of the region keeps its share, no band of rows is favoured).
+
+        feats ``(R, N, C)``, cover ``(R, N)`` → keys ``(R, M, C)``, key padding mask ``(R, M)`` (True =
+        padding), pooled ``(R, C)``.
         """
-        counts = (cover > 0).sum(1).clamp(min=1)
-        m = int(min(cap, counts.max().item()))
-        top, idx = cover.topk(m, dim=1)
+        covered = cover > 0
+        w = cover.clamp(min=0)
+        pooled = torch.einsum("rn,rnc->rc", w, feats) / w.sum(1, keepdim=True).clamp(min=1e-6)
+        count = covered.sum(1, keepdim=True)
+        keep = covered
+        if cap > 0:
+            rank = covered.cumsum(1) - 1  # index of each covered cell among the region's cells
+            slot = torch.div(rank * cap, count.clamp(min=1), rounding_mode="floor")
+            prev = torch.div((rank - 1) * cap, count.clamp(min=1), rounding_mode="floor")
+            thin = covered & ((rank == 0) | (slot != prev))  # first cell of each of the cap slots
+            keep = torch.where(count > cap, thin, covered)
+        m = max(1, int(keep.sum(1).max()))
+        # kept cells first, in their row-major order (stable sort on "not kept")
+        idx = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :m]
         pixels = torch.gather(feats, 1, idx.unsqueeze(-1).expand(-1, -1, feats.shape[-1]))
-        pad = top <= 0
-        pad[:, 0] = False  # never fully padded (a region always covers its best cell)
-        w = top.clamp(min=0) * (~pad)
-        pooled = (pixels * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-6)
+        pad = ~torch.gather(keep, 1, idx)
+        pad[:, 0] = False  # never fully padded (only for a region that covers no cell at all)
         return pixels, pad, pooled
 
     def encode_position(self, region_masks: list[torch.Tensor], dtype) -> tuple[torch.Tensor, torch.Tensor]:

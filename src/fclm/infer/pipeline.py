@@ -152,7 +152,7 @@ class FCLMPipeline:
             masks = load_regions(regions, img.size[1], img.size[0])
             if not masks:
                 raise FCLMDataError("no region given: pass at least one mask, RLE, polygon or box")
-            key = ("call", k)
+            key = _image_key(image)  # items showing the same image (path or object) share its encodings
             spans.append((len(requests), len(masks)))
             requests += [Request(img, prompt, [m], image_key=key, name=f"region {j}") for j, m in enumerate(masks)]
         outs = self._run(requests, opts, decode_seg=False)

@@ -24,6 +24,7 @@ from .configuration_fclm import FCLMConfig
 from .losses import latent_consistency, mask_losses
 from .mask_decoding import SegProjector, decode_masks, sam_image_embeddings
 from .region_extractor import HybridRegionExtractor
+from .vision_attention import packed_vision_attention
 
 
 @dataclass
@@ -97,7 +98,9 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
     def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
         """Qwen vision encoder → per image ``(gh, gw, d)`` merged features (row-major tokens)."""
-        out = self.model.get_image_features(pixel_values, image_grid_thw)
+        # inference: all attention windows of a block in one SDPA call (same outputs as the per-window loop)
+        with packed_vision_attention(self.model.visual.config, enabled=not self.training):
+            out = self.model.get_image_features(pixel_values, image_grid_thw)
         feats = out.pooler_output if hasattr(out, "pooler_output") else out
         merge = self.config.vision_config.spatial_merge_size
         if isinstance(feats, torch.Tensor):

@@ -128,7 +128,8 @@ def crop_mask(mask, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
     idx = torch.arange(size, device=m.device, dtype=torch.float64) + 0.5
     rows = (y0 + (idx * (y1 - y0) / size).floor().long()).clamp(max=y1 - 1)
     cols = (x0 + (idx * (x1 - x0) / size).floor().long()).clamp(max=x1 - 1)
-    return m[rows[:, None], cols[None, :]].bool()
+    m = m.view(torch.uint8) if m.dtype == torch.bool else m
+    return m.index_select(0, rows).index_select(1, cols).bool()  # two 1-D gathers: far cheaper than m[r, c]
 
 
 def region_crops(source: "CropSource", masks, margin: float,

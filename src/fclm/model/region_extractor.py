@@ -53,7 +53,8 @@ def box_coverage(mask: torch.Tensor, box: tuple[int, int, int, int], s: int) -> 
     idx = torch.arange(n, device=mask.device, dtype=torch.float64) + 0.5
     rows = (y0 + (idx * (y1 - y0) / n).floor().long()).clamp(max=y1 - 1)
     cols = (x0 + (idx * (x1 - x0) / n).floor().long()).clamp(max=x1 - 1)
-    sampled = mask[rows[:, None], cols[None, :]]
+    m = mask.view(torch.uint8) if mask.dtype == torch.bool else mask
+    sampled = m.index_select(0, rows).index_select(1, cols)
     return mask_coverage(sampled[None], (s, s))[0]
 
 

@@ -142,7 +142,7 @@ def test_teacher_forced_seg_matches_model_forward(tiny, scene):
     model, proc, _ = tiny
     img, masks = scene
     user, answer = "What is <region> in this image? Please output segmentation mask.", "Sure, [SEG]. It is [SEG]."
-    [c] = run_batch(model, proc, [Request(img, user, [masks[2]], answer=answer)])
+    [c] = run_batch(model, proc, [Request(img, user, [masks[2]], answer=answer)], keep_logits=True)
     enc = proc.encode(img, user, answer, region_masks=[masks[2]], target_masks=None)
     batch = proc.collate([enc])
     batch.pop("target_masks")

@@ -48,6 +48,12 @@ def predict(pipeline, samples: Iterable[Sample], task: str, out_path: str, rank:
     done = read_done(out_path)
     queries = [q for s in samples for q in iter_queries(s, task)]
     mine = [q for k, q in enumerate(queries) if k % world == rank and q.id not in done]
+    # queries of one image next to each other: a batch holds all of an image's queries, which then
+    # share its vision/SAM encodings and prompt prefix (the pipeline keys images by object)
+    first = {}
+    for q in mine:
+        first.setdefault(q.sample.id, len(first))
+    mine.sort(key=lambda q: first[q.sample.id])
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     gen = {"max_new_tokens": max_new_tokens} if max_new_tokens else {}
     images: dict[str, object] = {}

@@ -33,10 +33,13 @@ import torch
 
 from ..data.schema import FCLMDataError
 from ..model.mask_decoding import decode_masks, sam_image_embeddings
-from ..model.processing_fclm import region_crop, resize_long_side, sam_preprocess
+from ..model.region_extractor import mask_box
+from ..model.processing_fclm import CropSource, region_crops, resize_long_side, sam_preprocess
 from .inputs import check_text_length
 
 __all__ = ["GenerationOptions", "Request", "Completion", "run_batch"]
+
+MASK_CHUNK = 4  # [SEG] queries upsampled to full size at a time
 
 
 @dataclass
@@ -100,7 +103,7 @@ class Completion:
     token_ids: list[int]  # generated ids, end-of-turn token excluded (teacher forced: the answer's)
     finish_reason: str  # "eos" | "length" | "stop_string" | "teacher_forced"
     seg_states: torch.Tensor | None  # (n_seg, d) last-layer states at [SEG] inputs
-    mask_logits: list[torch.Tensor] = field(default_factory=list)  # one (H, W) map per [SEG]
+    mask_logits: list[torch.Tensor] = field(default_factory=list)  # one (H, W) map per [SEG], on request
     masks: list[np.ndarray] = field(default_factory=list)  # logits > 0, bool, original image size
 
 
@@ -121,6 +124,12 @@ class _ImageEnc:
         self.n_tokens = int(self.grid.prod()) // processor.merge_size ** 2
         self.original_size = (image.size[1], image.size[0])
         self._sam = None
+        self._crops = None
+
+    def crop_source(self, processor, device) -> CropSource:
+        if self._crops is None:
+            self._crops = CropSource(self.image, processor.sam_image_size, device)
+        return self._crops
 
     def sam(self, processor):
         if self._sam is None:
@@ -132,7 +141,7 @@ def _encode_rows(processor, requests: list[Request]):
     """Distinct images, per-row ids and per-row image index, with every input check."""
     keys: dict[Hashable, int] = {}
     images: list[_ImageEnc] = []
-    row_ids, row_img = [], []
+    row_ids, row_img, boxes = [], [], []
     for i, rq in enumerate(requests):
         where = f"{rq.name}: " if rq.name else (f"query {i}: " if len(requests) > 1 else "")
         k = rq.key()
@@ -145,15 +154,17 @@ def _encode_rows(processor, requests: list[Request]):
         for j, m in enumerate(rq.regions):
             if m.shape != (H, W):
                 raise FCLMDataError(f"{where}region {j}: mask is {m.shape[1]}x{m.shape[0]} (WxH) but the image is {W}x{H}")
-            if not m.any():
-                raise FCLMDataError(f"{where}region {j}: mask is empty")
+            try:  # from the mask's projections, computed once and reused by crops and the position branch
+                boxes.append(mask_box(torch.from_numpy(np.ascontiguousarray(m))))
+            except ValueError:
+                raise FCLMDataError(f"{where}region {j}: mask is empty") from None
         text = processor.user_text(rq.user, len(rq.regions), where)
         ids, _ = processor.build_ids(text, rq.answer, enc.n_tokens)
         check_text_length(len(ids), processor.max_length, rq.user if rq.answer is None else f"{rq.user} / {rq.answer}",
                           f"{where}prompt")
         row_ids.append(ids)
         row_img.append(u)
-    return images, row_ids, row_img
+    return images, row_ids, row_img, boxes
 
 
 def _sample(logits: torch.Tensor, opts: GenerationOptions, generator) -> torch.Tensor:
@@ -198,8 +209,11 @@ def _prune(cache, keep: torch.Tensor) -> None:
 # ------------------------------------------------------------------ the batch
 @torch.inference_mode()
 def run_batch(model, processor, requests: list[Request], options: GenerationOptions | None = None,
-              decode_seg: bool = True) -> list[Completion]:
-    """Run every request (generation or teacher forcing) in one batch; see the module docstring."""
+              decode_seg: bool = True, keep_logits: bool = False) -> list[Completion]:
+    """Run every request (generation or teacher forcing) in one batch; see the module docstring.
+
+    Masks come back as bool arrays at the original image size; ``keep_logits=True`` also keeps each
+    mask's float logit map (``Completion.mask_logits``)."""
     from transformers import DynamicCache
 
     opts = options or GenerationOptions()
@@ -207,7 +221,7 @@ def run_batch(model, processor, requests: list[Request], options: GenerationOpti
         return []
     cfg = model.config
     dev = model_device(model)
-    images, row_ids, row_img = _encode_rows(processor, requests)
+    images, row_ids, row_img, boxes = _encode_rows(processor, requests)
     B = len(requests)
 
     # 1. vision encoder once for all distinct images
@@ -236,18 +250,21 @@ def run_batch(model, processor, requests: list[Request], options: GenerationOpti
         rows_t = torch.tensor(region_rows, device=dev)
         crop_feats = crop_masks = None
         if cfg.use_local_aggregation:
-            crops, cms = [], []
+            crops, cms, k = [], [], 0
             for r, rq in enumerate(requests):
-                for m in rq.regions:
-                    c, cm = region_crop(rq.image, m, processor.sam_image_size, processor.crop_margin)
+                if rq.regions:  # crops made with tensor ops on the model's device
+                    n = len(rq.regions)
+                    c, cm = region_crops(images[row_img[r]].crop_source(processor, dev), masks_all[k: k + n],
+                                         processor.crop_margin, boxes[k: k + n])
                     crops.append(c)
                     cms.append(cm)
-            cp = torch.from_numpy(np.stack(crops)).to(dev)
+                    k += n
+            cp = torch.cat(crops)
             step = max(1, int(opts.crop_batch))
             crop_feats = torch.cat([sam_image_embeddings(model.sam, cp[i: i + step]) for i in range(0, len(cp), step)])
-            crop_masks = torch.from_numpy(np.stack(cms)).to(dev)
+            crop_masks = torch.cat(cms)
         vis_rows = [vision[u] for u in row_img]
-        t_mask, t_pos = model.region_extractor(masks_all, rows_t, vis_rows, crop_feats, crop_masks)
+        t_mask, t_pos = model.region_extractor(masks_all, rows_t, vis_rows, crop_feats, crop_masks, boxes)
         k = 0
         for r, ids in enumerate(row_ids):
             n = len(requests[r].regions)
@@ -436,11 +453,19 @@ def run_batch(model, processor, requests: list[Request], options: GenerationOpti
             states = torch.cat([results[r].seg_states for r in seg_rows])
             index = torch.tensor([where[row_img[r]] for r in seg_rows for _ in range(len(results[r].seg_states))],
                                  device=dev)
-            logits_list = decode_masks(model.sam, model.seg_projector(states.to(dtype)), emb, index, valid, orig)
+            prompts = model.seg_projector(states.to(dtype))
             k = 0
+            masks, logits_kept = [], []
+            # a few queries at a time: full-size float logits (48 MB each at 12 MP) never pile up
+            for c in range(0, len(prompts), MASK_CHUNK):
+                for x in decode_masks(model.sam, prompts[c: c + MASK_CHUNK], emb, index[c: c + MASK_CHUNK], valid, orig):
+                    masks.append((x > 0).cpu().numpy())
+                    if keep_logits:
+                        logits_kept.append(x.float().cpu())
             for r in seg_rows:
                 n = len(results[r].seg_states)
-                results[r].mask_logits = [x.float().cpu() for x in logits_list[k: k + n]]
-                results[r].masks = [(x > 0).numpy() for x in results[r].mask_logits]
+                results[r].masks = masks[k: k + n]
+                if keep_logits:
+                    results[r].mask_logits = logits_kept[k: k + n]
                 k += n
     return results

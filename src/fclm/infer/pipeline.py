@@ -105,13 +105,15 @@ class FCLMPipeline:
         merged = {**(defaults or {}), **{k: v for k, v in gen.items() if v is not None}}
         return GenerationOptions.from_kwargs(self.generation, **merged)
 
-    def _run(self, requests: list[Request], opts: GenerationOptions, decode_seg: bool = True) -> list[Completion]:
+    def _run(self, requests: list[Request], opts: GenerationOptions, decode_seg: bool = True,
+             keep_logits: bool = False) -> list[Completion]:
         """Run requests in chunks of ``batch_size`` rows, keeping rows of one image together."""
         order = sorted(range(len(requests)), key=lambda i: (str(requests[i].key()), i))
         out: list[Completion | None] = [None] * len(requests)
         for s in range(0, len(order), self.batch_size):
             idx = order[s: s + self.batch_size]
-            for i, c in zip(idx, run_batch(self.model, self.processor, [requests[i] for i in idx], opts, decode_seg)):
+            for i, c in zip(idx, run_batch(self.model, self.processor, [requests[i] for i in idx], opts, decode_seg,
+                                         keep_logits)):
                 out[i] = c
         return out  # type: ignore[return-value]
 
@@ -150,7 +152,7 @@ class FCLMPipeline:
             masks = load_regions(regions, img.size[1], img.size[0])
             if not masks:
                 raise FCLMDataError("no region given: pass at least one mask, RLE, polygon or box")
-            key = ("call", k)
+            key = _image_key(image)  # items showing the same image (path or object) share its encodings
             spans.append((len(requests), len(masks)))
             requests += [Request(img, prompt, [m], image_key=key, name=f"region {j}") for j, m in enumerate(masks)]
         outs = self._run(requests, opts, decode_seg=False)
@@ -232,7 +234,7 @@ class FCLMPipeline:
             requests.append(Request(img, prompt, masks, answer=answer, image_key=key,
                                     name=f"query {i}" if len(queries) > 1 else ""))
             sizes.append((img.size[1], img.size[0]))
-        outs = self._run(requests, opts)
+        outs = self._run(requests, opts, keep_logits=keep_logits)
         res = []
         for c, hw in zip(outs, sizes):
             res.append(SegmentationResult(text=c.text.strip(), raw=c.text, masks=c.masks,

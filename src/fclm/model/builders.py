@@ -26,6 +26,16 @@ def set_token_ids(config: FCLMConfig, processor: FCLMProcessor) -> None:
     config.vision_end_token_id = tok.convert_tokens_to_ids("<|vision_end|>")
 
 
+def set_generation_config(model, processor: FCLMProcessor) -> None:
+    """Both of Qwen's end tokens stop ``generate`` (``<|im_end|>`` ends a chat turn, ``<|endoftext|>``
+    ends a document), ``<|endoftext|>`` pads; greedy by default. Saved as ``generation_config.json``."""
+    gc = model.generation_config
+    gc.eos_token_id = [processor.im_end_id, processor.pad_id]
+    gc.pad_token_id = processor.pad_id
+    gc.bos_token_id = None
+    gc.do_sample = False
+
+
 # ----------------------------------------------------------------------------- tiny
 def default_tiny_corpus() -> list[str]:
     """Prompt templates and synthetic-scene texts: what the tiny model will read and write."""
@@ -101,6 +111,7 @@ def build_tiny(out_dir: str | None = None, seed: int = 0, texts: Iterable[str] |
     config = tiny_config(len(tok), **config_overrides)
     set_token_ids(config, processor)
     model = FCLMForConditionalGeneration(config)
+    set_generation_config(model, processor)
     processor.with_local_crops = config.use_local_aggregation
     if out_dir:
         save_fclm(model, processor, out_dir)
@@ -206,6 +217,7 @@ def build_from_pretrained(llm: str, sam: str, dtype=torch.bfloat16, **config_ove
         model.lm_head.weight = model.model.language_model.embed_tokens.weight
     if len(tok) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tok))
+    set_generation_config(model, processor)
     return model, processor
 
 
@@ -217,6 +229,7 @@ def save_fclm(model, processor: FCLMProcessor, out_dir: str) -> None:
     parent = os.path.dirname(os.path.abspath(out_dir)) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".fclm-save-", dir=parent)
+    set_generation_config(model, processor)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
@@ -243,6 +256,7 @@ def load_fclm(path: str, device: str | torch.device | None = None, dtype=None):
             if p.device.type == "cpu" and p.data_ptr() % 64:
                 p.data = p.data.clone()
     processor = FCLMProcessor.from_pretrained(path)
+    set_generation_config(model, processor)  # folders saved before both end tokens were written
     processor.with_local_crops = model.config.use_local_aggregation
     if device is not None:
         model.to(device)
@@ -261,4 +275,5 @@ def random_preset(name: str, dtype=torch.bfloat16, device: str | torch.device = 
             model = FCLMForConditionalGeneration(config)
     finally:
         torch.set_default_dtype(prev)
+    set_generation_config(model, processor)
     return model, processor

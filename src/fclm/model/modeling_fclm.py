@@ -24,6 +24,7 @@ from .configuration_fclm import FCLMConfig
 from .losses import latent_consistency, mask_losses
 from .mask_decoding import SegProjector, decode_masks, sam_image_embeddings
 from .region_extractor import HybridRegionExtractor
+from .vision_attention import packed_vision_attention
 
 
 @dataclass
@@ -97,7 +98,9 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
     def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
         """Qwen vision encoder → per image ``(gh, gw, d)`` merged features (row-major tokens)."""
-        out = self.model.get_image_features(pixel_values, image_grid_thw)
+        # inference: all attention windows of a block in one SDPA call (same outputs as the per-window loop)
+        with packed_vision_attention(self.model.visual.config, enabled=not self.training):
+            out = self.model.get_image_features(pixel_values, image_grid_thw)
         feats = out.pooler_output if hasattr(out, "pooler_output") else out
         merge = self.config.vision_config.spatial_merge_size
         if isinstance(feats, torch.Tensor):
@@ -198,6 +201,11 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         object_masks: list[torch.Tensor] | None = None,
         object_image_index: torch.LongTensor | None = None,
         decode_seg: bool | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        use_cache: bool | None = None,
+        mm_token_type_ids: torch.IntTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> FCLMOutput:
         r"""
@@ -216,7 +224,14 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             object_masks / object_image_index: every annotated object of the images and its batch
                 row, for L_self with ``self_recon_scope="all_objects"``.
             decode_seg: decode masks for every ``[SEG]`` (default: when SAM inputs are given).
+            position_ids / cache / use_cache / mm_token_type_ids / logits_to_keep: set by
+                ``generate`` — with a cache (or ``use_cache=True``) this is one generation step (see
+                :meth:`_generation_step`); the training forward never passes them.
         """
+        if cache is not None or use_cache:
+            return self._generation_step(input_ids, attention_mask, pixel_values, image_grid_thw, region_masks,
+                                         region_crop_pixel_values, region_crop_masks, position_ids, cache,
+                                         use_cache, mm_token_type_ids, logits_to_keep, **kwargs)
         cfg = self.config
         embeds, vision, t_mask, t_pos, region_index = self.build_inputs_embeds(
             input_ids, pixel_values, image_grid_thw, region_masks, region_crop_pixel_values, region_crop_masks)
@@ -288,6 +303,70 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             result.loss = sum(terms.values())
         return result
 
+    # ------------------------------------------------------------------ generate
+    _GENERATE_PREFILL_ONLY = ("region_masks", "region_crop_pixel_values", "region_crop_masks", "sam_pixel_values")
+
+    def _generation_step(self, input_ids, attention_mask, pixel_values, image_grid_thw, region_masks,
+                         region_crop_pixel_values, region_crop_masks, position_ids, cache, use_cache,
+                         mm_token_type_ids, logits_to_keep, **kwargs):
+        """One ``generate`` step: Qwen2.5-VL's own forward, with the prefill's input embeddings built
+        by :meth:`build_inputs_embeds` (image features and the regions' ``<mask><pos>`` prompts in
+        their slots). Later steps only embed the new tokens (the cache holds the rest)."""
+        embeds = None
+        if pixel_values is not None:
+            embeds, *_ = self.build_inputs_embeds(input_ids, pixel_values, image_grid_thw, region_masks,
+                                                  region_crop_pixel_values, region_crop_masks)
+        for k in ("sam_valid_sizes", "original_sizes", "labels", "target_masks", "latent_pairs", "object_masks",
+                  "object_image_index", "decode_seg"):
+            kwargs.pop(k, None)
+        return Qwen2_5_VLForConditionalGeneration.forward(
+            self, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            inputs_embeds=embeds, use_cache=use_cache, image_grid_thw=image_grid_thw,
+            mm_token_type_ids=mm_token_type_ids, logits_to_keep=logits_to_keep, **kwargs)
+
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+        """Qwen2.5-VL's, plus: region inputs (like ``pixel_values``) go to the prefill step only."""
+        inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            for k in self._GENERATE_PREFILL_ONLY:
+                inputs.pop(k, None)
+        return inputs
+
+    @torch.no_grad()
+    def seg_masks_from_generation(self, sequences: torch.LongTensor, inputs: dict,
+                                  return_logits: bool = False) -> list[list[torch.Tensor]]:
+        """The masks of the ``[SEG]`` tokens in ``generate``'s output.
+
+        ``sequences``: what ``model.generate(**inputs)`` returned (prompt + new tokens, one row per
+        prompt); ``inputs``: the processor's output it was called with (needs ``sam_pixel_values``,
+        ``sam_valid_sizes``, ``original_sizes``). One teacher-forced forward over each row up to its
+        first end token reads the last-layer state at every ``[SEG]`` (as during decoding) and
+        decodes it with SAM. Returns per row a list of ``(H, W)`` bool masks at the original image
+        size (``return_logits``: float logit maps instead).
+        """
+        prompt_len = inputs["input_ids"].shape[1]
+        new = sequences[:, prompt_len:]
+        stop = torch.tensor(self._stop_token_ids(), device=new.device)
+        ended = torch.isin(new, stop).long().cumsum(1)
+        keep_new = (ended == 0) | ((ended == 1) & torch.isin(new, stop))  # up to and including the first end
+        attn = torch.cat([inputs["attention_mask"].to(new.device), keep_new.long()], 1)
+        ids = torch.where(attn.bool(), sequences, sequences.new_full((), self._stop_token_ids()[-1]))
+        fwd = {k: inputs[k] for k in ("pixel_values", "image_grid_thw", "sam_pixel_values", "sam_valid_sizes",
+                                      "original_sizes", "region_masks", "region_crop_pixel_values",
+                                      "region_crop_masks") if k in inputs}
+        out = self(input_ids=ids, attention_mask=attn, decode_seg=True, **fwd)
+        per_row: list[list[torch.Tensor]] = [[] for _ in range(ids.shape[0])]
+        for m, b in zip(out.pred_masks or [], out.seg_image_index.tolist()):
+            per_row[b].append(m if return_logits else m > 0)
+        return per_row
+
+    def _stop_token_ids(self) -> list[int]:
+        eos = self.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if not eos:
+            raise ValueError("generation_config has no eos_token_id; build or load the model with fclm")
+        return eos
+
     def _self_recon_inputs(self, region_masks, t_pos, region_index, object_masks, object_image_index, dtype):
         """Masks, `<pos>` vectors and batch rows that L_self reconstructs."""
         masks, pos, index = list(region_masks or []), t_pos, region_index
@@ -312,7 +391,9 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
 def register_auto_classes() -> None:
     """Register FCLM with transformers' Auto classes (idempotent)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
+    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
+
+    from .processing_fclm import FCLMProcessor
 
     try:
         AutoConfig.register("fclm", FCLMConfig)
@@ -323,3 +404,7 @@ def register_auto_classes() -> None:
             auto.register(FCLMConfig, FCLMForConditionalGeneration)
         except ValueError:
             pass
+    try:
+        AutoProcessor.register(FCLMConfig, FCLMProcessor)
+    except ValueError:
+        pass

@@ -46,7 +46,9 @@ def _image_processor(long_side: int, patch: int = 14, merge: int = 2):
 def resize_long_side(image: Image.Image, long_side: int) -> Image.Image:
     w, h = image.size
     s = long_side / max(w, h)
-    return image.resize((max(1, int(w * s + 0.5)), max(1, int(h * s + 0.5))), Image.BILINEAR)
+    # reducing_gap: a large downscale first box-reduces by an integer factor (cost of a 12 MP photo
+    # ÷ 8), then resizes at ≥ 3× the target size: the same antialiased result to a grey level
+    return image.resize((max(1, int(w * s + 0.5)), max(1, int(h * s + 0.5))), Image.BILINEAR, reducing_gap=3.0)
 
 
 def sam_preprocess(image: Image.Image, size: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -58,17 +60,101 @@ def sam_preprocess(image: Image.Image, size: int) -> tuple[np.ndarray, tuple[int
     return out.transpose(2, 0, 1), (arr.shape[0], arr.shape[1])
 
 
-def region_crop(image: Image.Image, mask: np.ndarray, size: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
-    """Crop image and mask to the mask's box (plus ``margin`` of its size), resize both to S×S."""
-    ys, xs = np.nonzero(mask)
-    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+class CropSource:
+    """One image prepared for region crops: an image pyramid.
+
+    Level ``k`` is the image downscaled ``2**k`` times by 2×2 averaging, built once per image; a
+    region's crop is taken from the coarsest level where its box still spans at least ``size``
+    pixels, then resized (bilinear, antialiased, tensor ops) to ``size``×``size``. A crop then costs
+    O(``size``²) whatever the image's pixel count, and keeps the antialiasing of a resize from full
+    resolution. ``device``: where the crops are made; on an accelerator each used level is uploaded
+    once, on the CPU only each crop's window is read from the PIL level.
+    """
+
+    def __init__(self, image: Image.Image, size: int, device=None):
+        image = image if image.mode == "RGB" else image.convert("RGB")
+        self.size = size
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self._images = [image]
+        while max(image.size) >= 4 * size:
+            image = image.reduce(2)  # 2×2 box average (PIL's C loop: ~10× faster than avg_pool2d on a CPU)
+            self._images.append(image)
+        self._levels: dict[int, torch.Tensor] = {}  # uint8 (1, 3, h, w) on the device, made on first use
+        self.mean = torch.tensor(SAM_MEAN, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(SAM_STD, device=self.device).view(1, 3, 1, 1)
+
+    def window(self, k: int, xa: int, ya: int, xb: int, yb: int) -> torch.Tensor:
+        """Pixels ``[ya:yb, xa:xb]`` of level ``k`` as uint8 ``(1, 3, h, w)`` on the device."""
+        if self.device.type == "cpu":
+            return torch.from_numpy(np.array(self._images[k].crop((xa, ya, xb, yb)))).permute(2, 0, 1)[None]
+        if k not in self._levels:
+            self._levels[k] = torch.from_numpy(np.array(self._images[k])).to(self.device).permute(2, 0, 1)[None]
+        return self._levels[k][:, :, ya:yb, xa:xb]
+
+    def crop(self, box: tuple[float, float, float, float]) -> torch.Tensor:
+        """Normalised ``(3, S, S)`` crop of ``box`` = (x0, y0, x1, y1) in full-resolution pixels."""
+        import torch.nn.functional as F
+
+        x0, y0, x1, y1 = box
+        side = max(x1 - x0, y1 - y0)
+        k = int(np.floor(np.log2(side / self.size))) if side >= 2 * self.size else 0
+        k = min(max(k, 0), len(self._images) - 1)
+        f = 2 ** k
+        w, h = self._images[k].size
+        xa, ya = min(int(x0 // f), w - 1), min(int(y0 // f), h - 1)
+        xb, yb = max(xa + 1, min(w, -int(-x1 // f))), max(ya + 1, min(h, -int(-y1 // f)))
+        out = F.interpolate(self.window(k, xa, ya, xb, yb).float(), size=(self.size, self.size), mode="bilinear",
+                            align_corners=False, antialias=True)
+        return ((out - self.mean) / self.std)[0]
+
+
+def crop_box(mask, margin: float, box: tuple[int, int, int, int] | None = None) -> tuple[int, int, int, int]:
+    """The mask's box (from its projections, or ``box`` when known) plus ``margin`` of its size on
+    each side, clipped to the image."""
+    from .region_extractor import mask_box
+
+    m = torch.from_numpy(np.ascontiguousarray(mask)) if isinstance(mask, np.ndarray) else mask
+    x0, y0, x1, y1 = box if box is not None else mask_box(m)
     mx, my = int(round((x1 - x0) * margin)), int(round((y1 - y0) * margin))
-    H, W = mask.shape
-    box = (max(0, x0 - mx), max(0, y0 - my), min(W, x1 + mx), min(H, y1 + my))
-    crop = image.crop(box).resize((size, size), Image.BILINEAR)
-    cm = Image.fromarray(mask[box[1]: box[3], box[0]: box[2]].astype(np.uint8) * 255).resize((size, size), Image.NEAREST)
-    arr = (np.asarray(crop, dtype=np.float32) - SAM_MEAN) / SAM_STD
-    return arr.transpose(2, 0, 1), np.asarray(cm) > 127
+    H, W = m.shape
+    return max(0, x0 - mx), max(0, y0 - my), min(W, x1 + mx), min(H, y1 + my)
+
+
+def crop_mask(mask, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
+    """Nearest-neighbour ``(S, S)`` bool crop of ``mask`` (pixel-centre sampling, as PIL's NEAREST):
+    only the S² sampled pixels are read."""
+    m = torch.from_numpy(np.ascontiguousarray(mask)) if isinstance(mask, np.ndarray) else mask
+    x0, y0, x1, y1 = box
+    idx = torch.arange(size, device=m.device, dtype=torch.float64) + 0.5
+    rows = (y0 + (idx * (y1 - y0) / size).floor().long()).clamp(max=y1 - 1)
+    cols = (x0 + (idx * (x1 - x0) / size).floor().long()).clamp(max=x1 - 1)
+    m = m.view(torch.uint8) if m.dtype == torch.bool else m
+    return m.index_select(0, rows).index_select(1, cols).bool()  # two 1-D gathers: far cheaper than m[r, c]
+
+
+def region_crops(source: "CropSource", masks, margin: float,
+                 boxes: list[tuple[int, int, int, int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crops for local aggregation: each mask's box plus ``margin``, image and mask resized to S×S.
+
+    Returns ``(R, 3, S, S)`` SAM-normalised crops and ``(R, S, S)`` bool crop masks, on the
+    source's device. Per-region cost does not grow with the image's pixel count (see
+    :class:`CropSource`; boxes from the masks' projections).
+    """
+    S = source.size
+    dev = source.mean.device
+    crops = torch.empty(len(masks), 3, S, S, device=dev)
+    cms = torch.empty(len(masks), S, S, dtype=torch.bool, device=dev)
+    for i, m in enumerate(masks):
+        box = crop_box(m, margin, boxes[i] if boxes is not None else None)
+        crops[i] = source.crop(box)
+        cms[i] = crop_mask(m, box, S).to(dev)
+    return crops, cms
+
+
+def region_crop(image: Image.Image, mask: np.ndarray, size: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """One region's crop (see :func:`region_crops`) as numpy ``(3, S, S)`` float32 and ``(S, S)`` bool."""
+    c, cm = region_crops(CropSource(image, size), [mask], margin)
+    return c[0].numpy(), cm[0].numpy()
 
 
 @dataclass
@@ -119,19 +205,28 @@ class FCLMProcessor:
         return {k: getattr(self, k) for k in keys}
 
     def save_pretrained(self, path: str) -> None:
+        """Tokenizer files, ``fclm_processor.json`` (our settings) and ``processor_config.json`` (names
+        the class, so ``AutoProcessor.from_pretrained`` finds it after ``import fclm``)."""
         os.makedirs(path, exist_ok=True)
         self.tokenizer.save_pretrained(path)
         with open(os.path.join(path, PROCESSOR_FILE), "w") as f:
             json.dump(self.to_dict(), f, indent=2)
+        with open(os.path.join(path, "processor_config.json"), "w") as f:
+            json.dump({"processor_class": type(self).__name__}, f, indent=2)
 
     @classmethod
     def from_pretrained(cls, path: str, **overrides) -> "FCLMProcessor":
+        """Load from a saved folder; ``overrides`` replace saved settings (hub keywords that
+        ``AutoProcessor`` passes along, such as ``trust_remote_code``, are ignored)."""
+        import inspect
+
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(path)
         cfg_path = os.path.join(path, PROCESSOR_FILE)
         kw = json.load(open(cfg_path)) if os.path.exists(cfg_path) else {}
-        kw.update(overrides)
+        known = set(inspect.signature(cls.__init__).parameters) - {"self", "tokenizer"}
+        kw.update({k: v for k, v in overrides.items() if k in known})
         return cls(tok, **kw)
 
     # ------------------------------------------------------------ text
@@ -204,11 +299,9 @@ class FCLMProcessor:
             raise FCLMDataError(f"{where}conversation is {len(ids)} tokens, above max_length={self.max_length}")
         sam_px, valid = sam_preprocess(image, self.sam_image_size)
         crops, cmasks = [], []
-        if self.with_local_crops:
-            for m in region_masks:
-                c, cm = region_crop(image, m, self.sam_image_size, self.crop_margin)
-                crops.append(c)
-                cmasks.append(cm)
+        if self.with_local_crops and region_masks:
+            c, cm = region_crops(CropSource(image, self.sam_image_size), region_masks, self.crop_margin)
+            crops, cmasks = list(c.numpy()), list(cm.numpy())
         rk, sk = pair_keys if pair_keys else ([None] * len(region_masks), [None] * len(target_masks or []))
         return EncodedExample(ids, labels, vis["pixel_values"], grid, sam_px, valid, (H, W), region_masks,
                               crops, cmasks, [np.asarray(t, dtype=np.uint8) for t in (target_masks or [])],
@@ -294,8 +387,70 @@ class FCLMProcessor:
             batch["latent_pairs"] = torch.tensor(pairs, dtype=torch.long)
         return batch
 
-    def __call__(self, examples, padding_side: str = "right") -> dict:
-        return self.collate([self.encode_example(ex) for ex in examples], padding_side)
+    def __call__(self, examples=None, padding_side: str = "right", *, images=None, text=None, regions=None,
+                 return_tensors: str = "pt"):
+        """Two uses.
+
+        * ``processor(examples)``: training batches from :class:`fclm.data.schema.Example` records;
+        * ``processor(images=…, text=…, regions=…)``: generation inputs, Hugging Face style, for
+          ``model.generate(**inputs)``. ``text`` is the user prompt (one string or a list, one per
+          image), with one ``<region>`` per region mask; it is wrapped in the chat layout with the
+          generation prompt. ``images``: a PIL image or a list (one per text; one image is shared by
+          all texts); ``regions``: per text a list of ``(H, W)`` masks (one text: a plain list).
+          Rows are left-padded. Returns a ``BatchFeature`` with ``input_ids``, ``attention_mask``,
+          ``mm_token_type_ids``, the image and region tensors, and the SAM inputs that
+          :meth:`~fclm.model.FCLMForConditionalGeneration.seg_masks_from_generation` needs.
+        """
+        if examples is not None:
+            if images is not None or text is not None:
+                raise TypeError("pass either training examples or images=/text=, not both")
+            return self.collate([self.encode_example(ex) for ex in examples], padding_side)
+        return self.generation_inputs(images, text, regions, return_tensors)
+
+    def generation_inputs(self, images, text, regions=None, return_tensors: str = "pt"):
+        """See :meth:`__call__` (``images=``, ``text=``, ``regions=``)."""
+        from transformers import BatchFeature
+
+        if return_tensors != "pt":
+            raise ValueError(f"FCLMProcessor returns PyTorch tensors only (return_tensors='pt'), got {return_tensors!r}")
+        if text is None or images is None:
+            raise TypeError("FCLMProcessor needs images= and text=")
+        texts = [text] if isinstance(text, str) else list(text)
+        imgs = list(images) if isinstance(images, (list, tuple)) else [images] * len(texts)
+        if len(imgs) == 1 and len(texts) > 1:
+            imgs = imgs * len(texts)
+        if len(imgs) != len(texts):
+            raise ValueError(f"{len(imgs)} images for {len(texts)} texts")
+        if regions is None:
+            regs = [[] for _ in texts]
+        elif isinstance(text, str):
+            regs = [list(regions)]
+        else:
+            regs = [list(r or []) for r in regions]
+        if len(regs) != len(texts):
+            raise ValueError(f"regions: {len(regs)} lists for {len(texts)} texts")
+        items = [self.encode(im.convert("RGB") if im.mode != "RGB" else im, t, None,
+                             [np.asarray(m.cpu() if isinstance(m, torch.Tensor) else m) for m in r],
+                             target_masks=None, where=f"text {i}: " if len(texts) > 1 else "")
+                 for i, (im, t, r) in enumerate(zip(imgs, texts, regs))]
+        batch = self.collate(items, padding_side="left")
+        for k in ("labels", "target_masks"):
+            batch.pop(k, None)
+        batch["mm_token_type_ids"] = (batch["input_ids"] == self.tokenizer.convert_tokens_to_ids("<|image_pad|>")).int()
+        return BatchFeature(batch)
+
+    def batch_decode(self, sequences, prompt_length: int = 0) -> list[str]:
+        """Decode ``generate`` output rows (dropping the first ``prompt_length`` ids), like :meth:`decode`:
+        answer text up to the first end token, FCLM tokens kept."""
+        out = []
+        for row in sequences:
+            ids = [int(i) for i in row[prompt_length:]]
+            for k, i in enumerate(ids):
+                if i in (self.im_end_id, self.pad_id):
+                    ids = ids[:k]
+                    break
+            out.append(self.decode(ids))
+        return out
 
     def decode(self, ids) -> str:
         """Answer text with FCLM tokens kept and chat tokens removed."""

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+from ..cli_args import plain, positive_int
 from .queries import TASKS
 
 EPILOG = """\
@@ -25,7 +26,7 @@ examples:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "score", help="score a prediction file on a benchmark (reference protocols)",
-        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=plain(__doc__), epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--data", required=True, help="official ground truth: a file or the dataset root")
     p.add_argument("--pred", required=True, help="prediction file (JSON lines / JSON) or GLaMM GCG folder")
@@ -48,8 +49,8 @@ def register(subparsers) -> None:
     j.add_argument("--judge-url", help="OpenAI-compatible endpoint, e.g. http://localhost:9100/v1")
     j.add_argument("--judge-model", help="judge model name (reference: meta-llama/Meta-Llama-3.1-8B-Instruct)")
     j.add_argument("--judge-cache", help="reply cache file (default: <out>.judge_cache.jsonl when --out is given)")
-    j.add_argument("--judge-workers", type=int, default=8, help="concurrent judge requests (default 8)")
-    j.add_argument("--judge-retries", type=int, default=5, help="retries per request (default 5)")
+    j.add_argument("--judge-workers", type=positive_int, default=8, help="concurrent judge requests (default 8)")
+    j.add_argument("--judge-retries", type=positive_int, default=5, help="retries per request (default 5)")
     j.add_argument("--default-prediction", help="DLC: description used for regions missing from --pred")
     p.set_defaults(func=run)
 

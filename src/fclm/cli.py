@@ -71,7 +71,19 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     for name, (_, help_, _) in COMMANDS.items():
         if name not in sub.choices:  # not requested (or not installed): a placeholder with its help line
             sub.add_parser(name, help=help_, description=help_)
+    _plain_help(parser)
     return parser
+
+
+def _plain_help(parser: argparse.ArgumentParser) -> None:
+    """Descriptions taken from docstrings lose their RST markup (``x``, :mod:`x`) in --help."""
+    from .cli_args import plain
+
+    if parser.description:
+        parser.description = plain(parser.description)
+    if parser._subparsers is not None:
+        for p in parser._subparsers._group_actions[0].choices.values():
+            _plain_help(p)
 
 
 def _chosen(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:

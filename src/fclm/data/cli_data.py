@@ -6,14 +6,14 @@ import os
 import sys
 
 from ..cli import CLIError
-from ..cli_args import nonnegative_int, plain, positive_int
+from ..cli_args import nonnegative_int, positive_int
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("data", help="dataset tools")
+    p = subparsers.add_parser("data", help="dataset tools", description="Dataset tools: `fclm data check` reads datasets end to end.")
     sub = p.add_subparsers(dest="data_command", required=True)
     c = sub.add_parser("check", help="read datasets and report records, objects and skipped bad records",
-                       description=plain(__doc__))
+                       description=__doc__)
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="loader name (see docs/data.md)")
     src.add_argument("--config", help="training YAML with data.data_root and data.datasets (or data.sources)")

@@ -13,7 +13,7 @@ import json
 import os
 
 from ..cli import CLIError
-from ..cli_args import add_progress_flag, check_device, check_model_dir, device_arg, plain, positive_int
+from ..cli_args import add_progress_flag, check_device, check_model_dir, device_arg, positive_int
 from .queries import TASKS
 
 # benchmark of each task when --dataset is not given (real data)
@@ -28,7 +28,7 @@ SYNTHETIC_MAX_NEW_TOKENS = {"muse": 32, "dlc": 64, "gcg": 128}
 
 def register(sub) -> None:
     p = sub.add_parser("eval", help="run FCLM on a benchmark and score it with the reference protocol",
-                       description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n"
                               "  fclm eval --task all --model fclm-quickstart/model --data synthetic --out eval/\n"
                               "  fclm eval --task res --model DIR --data /data/fclm --dataset refcoco+ --split testA --out eval/")

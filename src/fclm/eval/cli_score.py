@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from ..cli_args import plain, positive_int
+from ..cli_args import positive_int
 from .queries import TASKS
 
 EPILOG = """\
@@ -26,7 +26,7 @@ examples:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "score", help="score a prediction file on a benchmark (reference protocols)",
-        description=plain(__doc__), epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--data", required=True, help="official ground truth: a file or the dataset root")
     p.add_argument("--pred", required=True, help="prediction file (JSON lines / JSON) or GLaMM GCG folder")

@@ -17,9 +17,9 @@ the region when its value is above half of the mask's full scale — the scale i
 lies in [0, 1] (bool, 0/1 labels, float probabilities: > 0.5), else 255 when every value is at most
 255 (8-bit masks: > 127), else 65535 (16-bit masks: > 32767). So anti-aliased edges and faint
 JPEG-like background noise stay outside. The value read from a file is its alpha channel when the
-image has transparency that is used, else the brightest channel. A raster mask covering at least
-95 % of the image is kept but warned about (:class:`FCLMInputWarning`): it is usually an inverted
-mask (white background). Boxes, polygons and RLE are taken exactly as given.
+image has transparency that is used, else the brightest channel. A mask file or numeric array
+covering at least 95 % of the image after binarisation is kept but warned about
+(:class:`FCLMInputWarning`): it is usually an inverted mask (white background). Boxes, polygons and RLE are taken exactly as given.
 * a COCO RLE dict ``{"size": [h, w], "counts": str | bytes | list}`` (compressed or not);
 * a polygon: a flat list ``[x0, y0, x1, y1, x2, y2, ...]`` of at least 3 points, or a list of such
   polygons (their union) — COCO's ``segmentation`` layout;
@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.schema import MAX_IMAGE_PIXELS, FCLMDataError, ImageRef
+from ..data.schema import MAX_IMAGE_PIXELS, FCLMDataError
 
 __all__ = ["load_image", "load_region", "load_regions", "check_text_length", "describe_input", "binarize_mask",
            "FCLMInputWarning", "FULL_COVERAGE_WARNING"]
@@ -206,6 +206,8 @@ def binarize_mask(values: np.ndarray, label: str = "mask") -> np.ndarray:
 
 
 def _warn_coverage(m: np.ndarray, label: str) -> None:
+    """Warn when a binarised raster mask (a file or a numeric array; not a bool array, which says
+    exactly what it means) covers nearly the whole image."""
     share = float(m.mean()) if m.size else 0.0
     if share >= FULL_COVERAGE_WARNING:
         warnings.warn(f"{label}: the mask covers {100 * share:.1f} % of the image; if the region is the dark part "
@@ -262,7 +264,8 @@ def region_to_mask(region: Any, height: int, width: int, label: str = "region") 
         pass
     if isinstance(region, np.ndarray) and region.ndim == 2:
         m = binarize_mask(region, label)
-        _warn_coverage(m, label)
+        if region.dtype != bool:
+            _warn_coverage(m, label)
         return m
     if isinstance(region, np.ndarray) and region.ndim == 1:
         region = region.tolist()

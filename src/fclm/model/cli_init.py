@@ -5,11 +5,11 @@ import argparse
 import os
 
 from ..cli import CLIError
-from ..cli_args import add_progress_flag, check_pretrained_source, plain
+from ..cli_args import add_progress_flag, check_pretrained_source
 
 
 def register(sub) -> None:
-    p = sub.add_parser("init", help="build an FCLM model folder", description=plain(__doc__),
+    p = sub.add_parser("init", help="build an FCLM model folder", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="examples:\n"
                               "  fclm init --llm Qwen/Qwen2.5-VL-3B-Instruct --sam facebook/sam-vit-huge --out fclm-3b-init\n"

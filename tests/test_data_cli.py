@@ -66,7 +66,7 @@ def test_data_check_dataset_json_and_show(tmp_path, capsys):
     assert e["skipped_objects"] == {"degenerate box": 1}
     (png,) = e["overlays"]
     im = Image.open(png)
-    assert im.size[0] == 40 and im.size[1] > 30  # image + legend strip
+    assert im.size[0] == 360 and im.size[1] > 30  # image centred over a legend strip >= 360 px wide
 
 
 def test_data_check_config(tmp_path, capsys):
@@ -112,8 +112,8 @@ def test_draw_overlay():
     m = np.zeros((10, 20), bool)
     m[2:8, 2:8] = True
     out = draw_overlay(img, [m], ["a cup"], title="t")
-    arr = np.asarray(out)
-    assert out.size[0] == 20 and out.size[1] > 10
+    arr = np.asarray(out)[:10, 170:190]  # the image, centred over a legend strip 360 px wide
+    assert out.size[0] == 360 and out.size[1] > 10
     assert arr[5, 5].any() and not arr[0, 15].any()  # tinted inside, untouched outside
     with pytest.raises(ValueError):
         draw_overlay(img, [np.zeros((3, 3), bool)], ["x"])

@@ -1,5 +1,4 @@
 """FCLMPipeline, results, overlays and the inference CLI on the tiny model."""
-import argparse
 import json
 
 import numpy as np
@@ -117,23 +116,29 @@ def test_overlays(pipe, scene, tmp_path):
     d = pipe.describe(img, masks, max_new_tokens=2)
     for name, res, regions in (("seg.png", r, ()), ("desc.png", d, masks)):
         p = save_overlay(str(tmp_path / name), img, res, regions)
-        assert Image.open(p).size == img.size and Image.open(p).format == "PNG"
-    # outlines drawn in region colours: some pixels changed
-    assert (np.asarray(Image.open(tmp_path / "desc.png")) != np.asarray(img)).any()
+        w, h = Image.open(p).size  # the image, centred over a legend strip at least 360 px wide
+        assert w == max(img.size[0], 360) and h > img.size[1] and Image.open(p).format == "PNG"
+    # outlines drawn in region colours: some pixels of the image part changed
+    x0 = (max(img.size[0], 360) - img.size[0]) // 2
+    shown = Image.open(tmp_path / "desc.png").crop((x0, 0, x0 + img.size[0], img.size[1]))
+    assert (np.asarray(shown) != np.asarray(img)).any()
 
 
 # ------------------------------------------------------------------ CLI
 def _cli(argv):
-    """The root CLI's error handling around only the inference subcommands."""
-    from fclm.infer import cli_infer
+    """The root CLI: 0, or its one error line on stderr (exit status 2)."""
+    import contextlib
+    import io
 
-    parser = argparse.ArgumentParser(prog="fclm")
-    cli_infer.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (FCLMDataError, FileNotFoundError) as e:
-        return f"error: {e}"
+    from fclm.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(argv)
+    if rc == 0:
+        return 0
+    assert rc == 2 and "Traceback" not in err.getvalue(), err.getvalue()
+    return err.getvalue()
 
 
 def test_cli_json_and_overlay(tiny, scene, capsys, tmp_path):
@@ -149,9 +154,9 @@ def test_cli_json_and_overlay(tiny, scene, capsys, tmp_path):
                  "--out", str(ov)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["masks"]) == 1 and decode_rle(out["masks"][0]).shape == (96, 128)
-    assert Image.open(ov).size == (128, 96)
+    assert Image.open(ov).size[0] == 360 and Image.open(ov).size[1] > 96  # image over its legend
     assert _cli(["ground", img, "--model", folder, "--max-new-tokens", "3", "--json", "--out", str(tmp_path / "g.png")]) == 0
-    assert "caption" in json.loads(capsys.readouterr().out) and Image.open(tmp_path / "g.png").size == (128, 96)
+    assert "caption" in json.loads(capsys.readouterr().out) and Image.open(tmp_path / "g.png").size[1] >= 96
 
 
 def test_cli_errors(tiny, scene, tmp_path, monkeypatch):
@@ -161,7 +166,7 @@ def test_cli_errors(tiny, scene, tmp_path, monkeypatch):
     assert "give at least one region with --mask" in _cli(["describe", img, "--model", folder])
     assert "mask file not found" in _cli(["describe", img, "--mask", str(d / "zz.png"), "--model", folder])
     assert "image not found" in _cli(["segment", str(d / "zz.png"), "x", "--model", folder])
-    assert "no FCLM model folder" in _cli(["ground", img, "--model", str(tmp_path / "none")])
+    assert "none: no such folder" in _cli(["ground", img, "--model", str(tmp_path / "none")])
     monkeypatch.chdir(tmp_path)
     msg = _cli(["ground", img])
     assert "fclm quickstart" in msg and "fclm init" in msg

@@ -6,9 +6,12 @@ import json
 import os
 import sys
 
+from ..cli import CLIError
+from ..cli_args import nonnegative_int, positive_int
+
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("data", help="dataset tools")
+    p = subparsers.add_parser("data", help="dataset tools", description="Dataset tools: `fclm data check` reads datasets end to end.")
     sub = p.add_subparsers(dest="data_command", required=True)
     c = sub.add_parser("check", help="read datasets and report records, objects and skipped bad records",
                        description=__doc__)
@@ -18,13 +21,13 @@ def register(subparsers) -> None:
     c.add_argument("--root", help="data root (with --dataset; overrides the config's data_root)")
     c.add_argument("--split", help="split (default: the loader's default)")
     c.add_argument("--json", dest="json_out", help="also write the report as JSON to this file")
-    c.add_argument("--show", type=int, default=0, help="write N sample overlays per dataset (PNG)")
+    c.add_argument("--show", type=nonnegative_int, default=0, help="write N sample overlays per dataset (PNG)")
     c.add_argument("--out", help="folder for --show overlays")
-    c.add_argument("--limit", type=int, default=None, help="read at most this many records per dataset")
+    c.add_argument("--limit", type=positive_int, default=None, help="read at most this many records per dataset")
     c.add_argument("--no-images", "--no-check-images", dest="no_images", action="store_true",
                    help="do not look at the image files (by default each is opened and decoded in full: "
                         "missing, unreadable and truncated files and wrong sizes are reported)")
-    c.set_defaults(func=run_check)
+    c.set_defaults(func=run_check, check=check_args)
 
 
 def _datasets_from_config(path: str, root: str | None) -> tuple[str, list[dict]]:
@@ -35,10 +38,10 @@ def _datasets_from_config(path: str, root: str | None) -> tuple[str, list[dict]]
     data = cfg.get("data", cfg)
     root = root or data.get("data_root")
     if not root:
-        raise SystemExit(f"{path}: no data.data_root (and no --root)")
+        raise CLIError(f"{path}: no data.data_root (and no --root)")
     items = data.get("datasets") or data.get("sources") or []
     if not items:
-        raise SystemExit(f"{path}: no data.datasets (or data.sources) list")
+        raise CLIError(f"{path}: no data.datasets (or data.sources) list")
     out = []
     for d in items:
         if d["name"] == "synthetic":
@@ -123,19 +126,24 @@ def _check_image(sample, images: dict) -> None:
         problem("size differs from the record", f"{where}: {size[0]}x{size[1]}, record says {sample.width}x{sample.height}")
 
 
+def check_args(args) -> None:
+    if args.dataset and not args.root:
+        raise CLIError("--dataset needs --root")
+    if args.show and not args.out:
+        raise CLIError("--show needs --out DIR")
+    if args.config and not os.path.isfile(args.config):
+        raise FileNotFoundError(f"--config {args.config}: no such file")
+
+
 def run_check(args) -> int:
     from .formats.expected import expected_counts
     from .formats.registry import load_dataset
     from .schema import FCLMDataError
 
     if args.dataset:
-        if not args.root:
-            raise SystemExit("fclm data check: --dataset needs --root")
         root, items = args.root, [{"name": args.dataset, "split": args.split}]
     else:
         root, items = _datasets_from_config(args.config, args.root)
-    if args.show and not args.out:
-        raise SystemExit("fclm data check: --show needs --out DIR")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
 

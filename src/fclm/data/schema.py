@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-MAX_IMAGE_PIXELS = 16384 * 16384  # decompression-bomb guard, overridable per call
+# decompression-bomb guard, overridable per call: PIL's own hard limit (2 x PIL.Image.MAX_IMAGE_PIXELS,
+# about 13377 x 13377), which it enforces on every file it opens, so files and arrays share one limit
+MAX_IMAGE_PIXELS = 178_956_970
 
 
 class FCLMDataError(ValueError):

@@ -1,15 +1,19 @@
-"""`fclm eval --task TASK|all --model DIR --data ROOT|synthetic --out DIR`.
+"""Run FCLM on a benchmark and score it with the benchmark's reference protocol.
 
-Runs FCLM with the reference prompting (:mod:`fclm.eval.runner`), then scores the predictions with
-the same code as ``fclm score``, and prints/writes a paper-style table. ``--data synthetic`` uses the
-held-out synthetic test scenes (what the quickstart model was trained for). Under ``accelerate
-launch`` queries are sharded over processes; process 0 merges the shards and scores.
+The model answers every query with the reference prompting (fclm.eval.runner); the predictions are
+scored with the same code as `fclm score`; a paper-style table is printed and written to
+OUT/table.md (per-task predictions and results.json beside it). --data synthetic uses held-out
+synthetic test scenes (what the quickstart model was trained for). Under `accelerate launch` the
+queries are sharded over processes; process 0 merges the shards and scores.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
+from ..cli import CLIError
+from ..cli_args import add_progress_flag, check_device, check_model_dir, device_arg, positive_int
 from .queries import TASKS
 
 # benchmark of each task when --dataset is not given (real data)
@@ -23,22 +27,44 @@ SYNTHETIC_MAX_NEW_TOKENS = {"muse": 32, "dlc": 64, "gcg": 128}
 
 
 def register(sub) -> None:
-    p = sub.add_parser("eval", help="run FCLM on a benchmark and score it with the reference protocol")
+    p = sub.add_parser("eval", help="run FCLM on a benchmark and score it with the reference protocol",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n"
+                              "  fclm eval --task all --model fclm-quickstart/model --data synthetic --out eval/\n"
+                              "  fclm eval --task res --model DIR --data /data/fclm --dataset refcoco+ --split testA --out eval/")
     p.add_argument("--task", required=True, choices=list(TASKS) + ["all"])
-    p.add_argument("--model", help="FCLM model folder (default: the quickstart's model)")
+    p.add_argument("--model", metavar="DIR", help="FCLM model folder (default: ./fclm-quickstart/model)")
     p.add_argument("--data", required=True, help="dataset root, or 'synthetic' for synthetic test scenes")
     p.add_argument("--dataset", help="loader name (e.g. refcoco+, roc_paco); default per task")
     p.add_argument("--split", help="split (default per task)")
     p.add_argument("--out", required=True, help="output folder (predictions, results, table)")
-    p.add_argument("--limit", type=int, help="at most N samples (synthetic: number of test scenes, default 100)")
-    p.add_argument("--device")
-    p.add_argument("--dtype")
-    p.add_argument("--batch", type=int, default=32, help="queries per decode batch")
-    p.add_argument("--max-new-tokens", type=int, help="cap on generated tokens (default: per task; DLC/GCG 512)")
+    p.add_argument("--limit", type=positive_int, metavar="N",
+                   help="at most N samples (synthetic: number of test scenes, default 100)")
+    p.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or mps (default: the process's device)")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: bfloat16 on GPU, float32 on CPU")
+    p.add_argument("--batch", type=positive_int, default=32, metavar="N", help="queries per decode batch (default 32)")
+    p.add_argument("--max-new-tokens", type=positive_int, metavar="N",
+                   help="cap on generated tokens (default: per task; DLC/GCG 512)")
     p.add_argument("--judge-url", help="DLC-Bench judge: OpenAI-compatible endpoint")
     p.add_argument("--judge-model", default="meta-llama/Llama-3.1-8B-Instruct")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
+    add_progress_flag(p)
+    p.set_defaults(func=run, check=check)
+
+
+def check(args) -> None:
+    """Before torch: model folder, data root and task options."""
+    if args.model:
+        check_model_dir(args.model)
+    if args.data != "synthetic":
+        if not os.path.exists(args.data):
+            raise FileNotFoundError(f"--data {args.data}: no such file or folder (or use --data synthetic)")
+        tasks = list(TASKS) if args.task == "all" else [args.task]
+        if args.dataset is None and any(DEFAULT_BENCHMARK[t][0] is None for t in tasks):
+            raise CLIError(f"--task {args.task} on real data needs --dataset (dlres has no default benchmark)")
+        if "dlc" in tasks and not args.judge_url:
+            raise CLIError("DLC-Bench needs a judge: --judge-url URL [--judge-model NAME]")
+    if os.path.isfile(args.out):
+        raise CLIError(f"--out {args.out} is a file; give a folder")
 
 
 def synthetic_test_samples(n: int, seed: int = 0, image_size: int = 256):
@@ -98,6 +124,7 @@ def run(args) -> int:
     from ..infer.pipeline import FCLMPipeline
     from .table import format_table
 
+    check_device(args.device)
     state = PartialState()
     pipe = FCLMPipeline.from_pretrained(args.model, device=args.device or str(state.device), dtype=args.dtype)
     tasks = list(TASKS) if args.task == "all" else [args.task]
@@ -114,15 +141,15 @@ def run(args) -> int:
                 dataset, split0 = DEFAULT_BENCHMARK[task]
                 split = split or split0
                 if dataset is None:
-                    raise SystemExit(f"--task {task} on real data needs --dataset")
+                    raise CLIError(f"--task {task} on real data needs --dataset")
             samples = load_ground_truth(task, args.data, dataset, split or "val")
             if not isinstance(samples, list):
-                raise SystemExit(f"{task}: `fclm eval` needs the benchmark through its loader (--dataset {dataset})")
+                raise CLIError(f"{task}: fclm eval needs the benchmark through its loader (--dataset {dataset})")
             samples = samples[: args.limit] if args.limit else samples
             opts.update(dataset=dataset, split=split)
             if task == "dlc":
                 if not args.judge_url:
-                    raise SystemExit("DLC-Bench needs a judge: --judge-url URL [--judge-model NAME]")
+                    raise CLIError("DLC-Bench needs a judge: --judge-url URL [--judge-model NAME]")
                 opts.update(judge_url=args.judge_url, judge_model=args.judge_model,
                             judge_cache=os.path.join(args.out, "dlc", "judge_cache.jsonl"))
         r = evaluate(pipe, task, samples, os.path.join(args.out, task), state.process_index, state.num_processes,

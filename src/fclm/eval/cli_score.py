@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+from ..cli_args import positive_float, positive_int
 from .queries import TASKS
 
 EPILOG = """\
@@ -55,9 +56,9 @@ def register(subparsers) -> None:
     j.add_argument("--judge-url", help="OpenAI-compatible endpoint, e.g. http://localhost:9100/v1")
     j.add_argument("--judge-model", help="judge model name (reference: meta-llama/Meta-Llama-3.1-8B-Instruct)")
     j.add_argument("--judge-cache", help="reply cache file (default: <out>.judge_cache.jsonl when --out is given)")
-    j.add_argument("--judge-workers", type=int, default=8, help="concurrent judge requests (default 8)")
-    j.add_argument("--judge-retries", type=int, default=5, help="retries per request (default 5)")
-    j.add_argument("--judge-timeout", type=float, default=120.0,
+    j.add_argument("--judge-workers", type=positive_int, default=8, help="concurrent judge requests (default 8)")
+    j.add_argument("--judge-retries", type=positive_int, default=5, help="retries per request (default 5)")
+    j.add_argument("--judge-timeout", type=positive_float, default=120.0,
                    help="seconds to wait for one judge reply before retrying (default 120)")
     j.add_argument("--default-prediction", help="DLC: description used for regions missing from --pred")
     p.set_defaults(func=run)

@@ -1,24 +1,34 @@
-"""`fclm describe | classify | segment | ground`: inference from the command line.
-
-Regions (describe, classify, and segment's ``<region>`` slots) are given in order with ``--mask FILE``
-(a mask PNG — non-zero pixels are the region — or a .json file holding a COCO RLE dict, a polygon
-or a box) and ``--box X0 Y0 X1 Y1`` (a box becomes the filled rectangle mask; pixels, x1/y1
-exclusive). ``--json`` prints the results as JSON with masks as COCO RLE.
-"""
+"""`fclm describe | classify | segment | ground`: inference from the command line."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 
-EPILOG = """examples:
-  fclm describe photo.jpg --mask dog.png --box 10 20 200 240
-  fclm classify photo.jpg --mask dog.png --mask cat.png --json
-  fclm segment photo.jpg "the dog on the left" --out dog.png
-  fclm segment photo.jpg "the dog on the left" --teacher-forced --json
-  fclm segment photo.jpg "Which object has the same colour as <region>?" --mask ball.png
-  fclm ground photo.jpg --out gcg.png
-"""
+from ..cli import CLIError
+from ..cli_args import add_progress_flag, check_device, check_model_dir, device_arg, positive_int
+
+REGIONS = """Regions are given in order with --mask FILE (a mask image: see docs/inference.md for which
+pixels count, or a .json file holding a COCO RLE dict, a polygon or a box) and --box X0 Y0 X1 Y1
+(the filled rectangle; pixels, x1/y1 exclusive)."""
+JSON = "--json prints the results as one JSON object, masks as COCO RLE."
+
+DESCRIPTIONS = {
+    "describe": f"Describe each region of an image (one detailed localized caption per region).\n\n{REGIONS}\n{JSON}",
+    "classify": f"Name the category of each region of an image.\n\n{REGIONS}\n{JSON}",
+    "segment": "Segment what TEXT refers to: one mask per [SEG] the model writes. TEXT may hold <region>\n"
+               f"slots, filled in order by the regions.\n\n{REGIONS}\n{JSON} It keeps the query (\"query\")\n"
+               "and the model's answer (\"answer\").",
+    "ground": f"Grounded caption (GCG): a caption whose phrases each get a mask. Takes no regions.\n{JSON}",
+}
+EXAMPLES = {
+    "describe": ["fclm describe photo.jpg --mask dog.png --box 10 20 200 240", "fclm describe photo.jpg --mask dog.png --brief --out dog_desc.png"],
+    "classify": ["fclm classify photo.jpg --mask dog.png --mask cat.png --json"],
+    "segment": ['fclm segment photo.jpg "the dog on the left" --out dog.png',
+                'fclm segment photo.jpg "the dog on the left" --teacher-forced --json',
+                'fclm segment photo.jpg "Which object has the same colour as <region>?" --mask ball.png'],
+    "ground": ["fclm ground photo.jpg --out gcg.png", "fclm ground photo.jpg --json"],
+}
 
 
 class _RegionAction(argparse.Action):
@@ -33,39 +43,35 @@ class _RegionAction(argparse.Action):
         namespace.regions = regions
 
 
-def _common(p: argparse.ArgumentParser, regions: bool, out: bool = True) -> None:
+def _parser(sub, name: str, help_: str, regions: bool) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_, description=DESCRIPTIONS[name], formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[name]))
     p.add_argument("image", help="image file")
     if regions:
         p.add_argument("--mask", action=_RegionAction, dest="regions", metavar="FILE",
-                       help="region mask: PNG (non-zero = region) or .json (RLE / polygon / box); repeatable")
+                       help="region mask: an image (see docs/inference.md) or .json (RLE / polygon / box); repeatable")
         p.add_argument("--box", action=_RegionAction, dest="regions", nargs=4, type=float,
                        metavar=("X0", "Y0", "X1", "Y1"), help="region box in pixels (becomes a rectangle mask); repeatable")
     p.add_argument("--model", metavar="DIR", help="FCLM model folder (default: ./fclm-quickstart/model)")
-    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)")
     p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: bfloat16 on GPU, float32 on CPU")
-    p.add_argument("--max-new-tokens", type=int, help="tokens to generate at most")
+    p.add_argument("--max-new-tokens", type=positive_int, metavar="N", help="tokens to generate at most (>= 1)")
     p.add_argument("--json", action="store_true", help="print JSON (masks as COCO RLE)")
-    if out:
-        p.add_argument("--out", metavar="PNG", help="save an overlay picture here")
-    p.set_defaults(regions=[])
+    p.add_argument("--out", metavar="PNG", help="save an overlay picture here")
+    add_progress_flag(p)
+    p.set_defaults(regions=[], check=_check)
+    return p
 
 
 def register(sub) -> None:
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser("describe", help="describe image regions (detailed localized captions)",
-                       description=__doc__, epilog=EPILOG, formatter_class=fmt)
-    _common(p, regions=True)
+    p = _parser(sub, "describe", "describe image regions (detailed localized captions)", regions=True)
     p.add_argument("--brief", action="store_true", help="a short description instead of a detailed one")
     p.set_defaults(func=run_describe)
 
-    p = sub.add_parser("classify", help="name the category of image regions",
-                       description=__doc__, epilog=EPILOG, formatter_class=fmt)
-    _common(p, regions=True)
+    p = _parser(sub, "classify", "name the category of image regions", regions=True)
     p.set_defaults(func=run_classify)
 
-    p = sub.add_parser("segment", help="segment what a text refers to (one mask per [SEG])",
-                       description=__doc__, epilog=EPILOG, formatter_class=fmt)
-    _common(p, regions=True)
+    p = _parser(sub, "segment", "segment what a text refers to (one mask per [SEG])", regions=True)
     p.add_argument("text", help="referring expression, question or caption; may hold <region> slots")
     p.add_argument("--teacher-forced", action="store_true",
                    help="fast RES protocol: one forward with the answer 'Sure, [SEG].' (no generation)")
@@ -73,16 +79,31 @@ def register(sub) -> None:
                    help="how TEXT becomes the prompt (default: auto)")
     p.set_defaults(func=run_segment)
 
-    p = sub.add_parser("ground", help="grounded caption: phrases with one mask each (GCG)",
-                       description=__doc__, epilog=EPILOG, formatter_class=fmt)
-    _common(p, regions=False)
+    p = _parser(sub, "ground", "grounded caption: phrases with one mask each (GCG)", regions=False)
     p.set_defaults(func=run_ground)
+
+
+def _check(args) -> None:
+    """Before torch: the image and model folder exist, regions where they are needed."""
+    import os
+
+    if not os.path.exists(args.image):
+        raise FileNotFoundError(f"image not found: {args.image}")
+    if os.path.isdir(args.image):
+        raise CLIError(f"image {args.image} is a folder, not an image file")
+    if args.command in ("describe", "classify") and not args.regions:
+        raise CLIError(f"give at least one region with --mask FILE or --box X0 Y0 X1 Y1 (see fclm {args.command} -h)")
+    if args.model:
+        check_model_dir(args.model)
+    if args.command == "segment" and not args.text.strip():
+        raise CLIError("TEXT is empty")
 
 
 # ------------------------------------------------------------------ runners
 def _pipeline(args):
     from .pipeline import FCLMPipeline, default_model_dir
 
+    check_device(args.device)
     return FCLMPipeline.from_pretrained(args.model or default_model_dir(), device=args.device, dtype=args.dtype)
 
 
@@ -100,19 +121,13 @@ def _guard(fn):
     return wrapped
 
 
-def _load(args, pipe):
+def _load(args):
+    """Image and regions, read (and checked) before the model loads."""
     from .inputs import load_image, load_regions
 
-    img = load_image(args.image, pipe.max_pixels)
+    img = load_image(args.image)
     masks = load_regions(args.regions, img.size[1], img.size[0]) if args.regions else []
     return img, masks
-
-
-def _need_regions(args, cmd: str) -> None:
-    from ..data.schema import FCLMDataError
-
-    if not args.regions:
-        raise FCLMDataError(f"give at least one region with --mask FILE or --box X0 Y0 X1 Y1 (see fclm {cmd} -h)")
 
 
 def _save(args, img, result, regions=()) -> None:
@@ -131,9 +146,8 @@ def _print_json(obj) -> None:
 
 def _run_regions(args, task: str) -> int:
     """`describe` / `classify`: one text per region, printed or as JSON, optional overlay."""
-    _need_regions(args, task)
+    img, masks = _load(args)
     pipe = _pipeline(args)
-    img, masks = _load(args, pipe)
     if task == "describe":
         res = pipe.describe(img, masks, detailed=not args.brief, max_new_tokens=args.max_new_tokens)
         extra = {}
@@ -162,12 +176,14 @@ def run_classify(args) -> int:
 
 @_guard
 def run_segment(args) -> int:
+    img, masks = _load(args)
     pipe = _pipeline(args)
-    img, masks = _load(args, pipe)
     res = pipe.segment(img, args.text, regions=masks or None, teacher_forced=args.teacher_forced,
                        prompt_style=args.prompt_style, max_new_tokens=args.max_new_tokens)
     if args.json:
-        _print_json({"image": args.image, "task": "segment", "text": args.text, **res.to_dict()})
+        d = res.to_dict()
+        d["answer"] = d.pop("text")  # the query stays under "query"
+        _print_json({"image": args.image, "task": "segment", "query": args.text, **d})
     else:
         print(f"answer: {res.raw}")
         for i, m in enumerate(res.masks):
@@ -180,8 +196,8 @@ def run_segment(args) -> int:
 
 @_guard
 def run_ground(args) -> int:
+    img, _ = _load(args)
     pipe = _pipeline(args)
-    img, _ = _load(args, pipe)
     res = pipe.ground(img, max_new_tokens=args.max_new_tokens)
     if args.json:
         _print_json({"image": args.image, "task": "ground", **res.to_dict()})

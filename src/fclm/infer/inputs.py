@@ -1,14 +1,25 @@
 """Inference inputs: images and regions in every form a user has them, checked with clear errors.
 
 Images: a file path (``str`` / ``os.PathLike``), encoded bytes, a ``PIL.Image`` or an array
-(HxW grey, HxWx3 RGB, HxWx4 RGBA; uint8, or float in [0, 1]).
+(HxW grey, HxWx3 RGB, HxWx4 RGBA). Pixel values are read by their type's range, never clipped:
+uint8 0-255; uint16 and 16-bit PNG/TIFF 0-65535 (scaled to 8 bits, value / 257); bool 0/1; other
+integers must lie in 0-255; floats in [0, 1] (or, when some value is above 1, in [0, 255]).
+Anything else (negative values, e.g. a normalised tensor; integers above their range) is refused.
+Images above :data:`~fclm.data.schema.MAX_IMAGE_PIXELS` pixels are refused before decoding.
 
 Regions (one per ``<region>`` slot), all turned into an HxW boolean mask of the image's size:
 
-* a mask file path (PNG or any image PIL reads; a pixel is in the region when it is non-zero in any
-  channel, or, for images with an alpha channel, when its alpha is non-zero), or a ``.json`` file
-  holding any of the forms below;
-* a 2-D array (bool, or numbers: non-zero = in the region) or a torch tensor;
+* a mask file path (PNG or any image PIL reads), or a ``.json`` file holding any of the forms below;
+* a 2-D array (bool or numbers) or a torch tensor;
+
+Raster masks (files and arrays) are binarised by one rule, :func:`binarize_mask`: a pixel is in
+the region when its value is above half of the mask's full scale — the scale is 1 when every value
+lies in [0, 1] (bool, 0/1 labels, float probabilities: > 0.5), else 255 when every value is at most
+255 (8-bit masks: > 127), else 65535 (16-bit masks: > 32767). So anti-aliased edges and faint
+JPEG-like background noise stay outside. The value read from a file is its alpha channel when the
+image has transparency that is used, else the brightest channel. A mask file or numeric array
+covering at least 95 % of the image after binarisation is kept but warned about
+(:class:`FCLMInputWarning`): it is usually an inverted mask (white background). Boxes, polygons and RLE are taken exactly as given.
 * a COCO RLE dict ``{"size": [h, w], "counts": str | bytes | list}`` (compressed or not);
 * a polygon: a flat list ``[x0, y0, x1, y1, x2, y2, ...]`` of at least 3 points, or a list of such
   polygons (their union) — COCO's ``segmentation`` layout;
@@ -24,13 +35,21 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any
 
 import numpy as np
 
-from ..data.schema import MAX_IMAGE_PIXELS, FCLMDataError, ImageRef
+from ..data.schema import MAX_IMAGE_PIXELS, FCLMDataError
 
-__all__ = ["load_image", "load_region", "load_regions", "check_text_length", "describe_input"]
+__all__ = ["load_image", "load_region", "load_regions", "check_text_length", "describe_input", "binarize_mask",
+           "FCLMInputWarning", "FULL_COVERAGE_WARNING"]
+
+FULL_COVERAGE_WARNING = 0.95  # a raster mask covering this share of the image or more is warned about
+
+
+class FCLMInputWarning(UserWarning):
+    """An input that was accepted but is probably not what was meant (e.g. an inverted mask)."""
 
 
 def describe_input(x: Any) -> str:
@@ -46,6 +65,70 @@ def describe_input(x: Any) -> str:
     return f"<{type(x).__name__}>"
 
 
+def _to_uint8(arr: np.ndarray, label: str) -> np.ndarray:
+    """Pixel values → uint8 by the rule of the module docstring (no silent clipping)."""
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if arr.dtype == np.uint16:
+        return ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)  # 65535 → 255, rounded
+    a = arr.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise FCLMDataError(f"image {label} holds NaN or infinite values")
+    lo, hi = float(a.min(initial=0)), float(a.max(initial=0))
+    if lo < 0:
+        raise FCLMDataError(f"image {label} has negative values (min {lo:g}): give uint8 0-255, uint16 0-65535 or "
+                            f"floats in [0, 1] (undo any normalisation first)")
+    if arr.dtype.kind == "f":
+        if hi <= 1.0:
+            a = a * 255.0
+        elif hi > 255:
+            raise FCLMDataError(f"image {label}: float values up to {hi:g}; give floats in [0, 1] (or [0, 255])")
+    elif hi > 255:
+        if hi <= 65535:
+            raise FCLMDataError(f"image {label}: {arr.dtype} values up to {hi:g}; for 16-bit images give a uint16 "
+                                f"array (0-65535), else uint8 0-255")
+        raise FCLMDataError(f"image {label}: {arr.dtype} values up to {hi:g} are outside 0-255 / 0-65535")
+    return a.round().astype(np.uint8)
+
+
+def _pil_to_rgb(im, label: str):
+    """A PIL image of any mode → RGB; 16-bit and 32-bit modes by their value range, not clipped."""
+    from PIL import Image
+
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        arr = np.asarray(im)
+        if im.mode.startswith("I;16") or (im.mode == "I" and arr.min(initial=0) >= 0 and arr.max(initial=0) > 255):
+            arr = arr.astype(np.uint16) if arr.max(initial=0) <= 65535 else arr
+        grey = _to_uint8(arr, label)
+        return Image.fromarray(np.stack([grey] * 3, -1))
+    return im.convert("RGB")
+
+
+def _open_encoded(src, label: str, max_pixels: int):
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():  # PIL warns from half its limit on; the limit is ours to say
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(src)
+        with im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise FCLMDataError(f"image {label} has {w}x{h} = {w * h} pixels, above the limit of {max_pixels}")
+            if w == 0 or h == 0:
+                raise FCLMDataError(f"image {label} is empty ({w}x{h})")
+            im.load()
+            return _pil_to_rgb(im, label)
+    except FCLMDataError:
+        raise
+    except Exception as e:  # PIL raises many types for corrupt files (DecompressionBombError included)
+        raise FCLMDataError(f"cannot read image {label}: {e}") from e
+
+
 def load_image(image: Any, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None = None):
     """Any supported image input → RGB ``PIL.Image`` (see the module docstring)."""
     from PIL import Image
@@ -56,9 +139,11 @@ def load_image(image: Any, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None 
             raise FileNotFoundError(f"image not found: {path}")
         if os.path.isdir(path):
             raise FCLMDataError(f"image {path} is a folder, not an image file")
-        return ImageRef(path=path, name=name).open(max_pixels)
+        return _open_encoded(path, name or path, max_pixels)
     if isinstance(image, (bytes, bytearray)):
-        return ImageRef(data=bytes(image), name=name or "<image bytes>").open(max_pixels)
+        import io
+
+        return _open_encoded(io.BytesIO(bytes(image)), name or "<image bytes>", max_pixels)
     if isinstance(image, Image.Image):
         w, h = image.size
         if w * h > max_pixels:
@@ -66,7 +151,7 @@ def load_image(image: Any, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None 
                                 f"above the limit of {max_pixels}")
         if w == 0 or h == 0:
             raise FCLMDataError(f"image {name or '<PIL image>'} is empty ({w}x{h})")
-        return image.convert("RGB") if image.mode != "RGB" else image
+        return _pil_to_rgb(image, name or "<PIL image>")
     try:
         import torch
 
@@ -88,13 +173,7 @@ def load_image(image: Any, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None 
             raise FCLMDataError(f"image {label} has {w}x{h} = {w * h} pixels, above the limit of {max_pixels}")
         if h == 0 or w == 0:
             raise FCLMDataError(f"image {label} is empty")
-        if arr.dtype != np.uint8:
-            a = arr.astype(np.float32)
-            if not np.isfinite(a).all():
-                raise FCLMDataError(f"image {label} holds NaN or infinite values")
-            if arr.dtype.kind == "f" and a.max(initial=0) <= 1.0:
-                a = a * 255.0
-            arr = a.clip(0, 255).round().astype(np.uint8)
+        arr = _to_uint8(arr, label)
         if arr.ndim == 2:
             arr = np.stack([arr] * 3, -1)
         return Image.fromarray(arr[..., :3].copy())
@@ -104,6 +183,35 @@ def load_image(image: Any, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None 
 # ------------------------------------------------------------------ regions
 def _is_number(v) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def binarize_mask(values: np.ndarray, label: str = "mask") -> np.ndarray:
+    """Raster mask values → bool: above half of the full scale (1, 255 or 65535; module docstring)."""
+    v = np.asarray(values)
+    if v.dtype == bool:
+        return v
+    if v.dtype.kind not in "iuf":
+        raise FCLMDataError(f"{label}: mask values must be numbers, got dtype {v.dtype}")
+    if v.size == 0:
+        return v.astype(bool)
+    if v.dtype.kind == "f" and not np.isfinite(v).all():
+        raise FCLMDataError(f"{label}: mask holds NaN or infinite values")
+    lo, hi = float(v.min()), float(v.max())
+    if lo < 0:
+        raise FCLMDataError(f"{label}: mask has negative values (min {lo:g}); give 0/1, 0-255 or 0-65535 values")
+    scale = 1.0 if hi <= 1 else 255.0 if hi <= 255 else 65535.0 if hi <= 65535 else None
+    if scale is None:
+        raise FCLMDataError(f"{label}: mask values up to {hi:g} are above 65535; give 0/1, 0-255 or 0-65535 values")
+    return v > scale / 2
+
+
+def _warn_coverage(m: np.ndarray, label: str) -> None:
+    """Warn when a binarised raster mask (a file or a numeric array; not a bool array, which says
+    exactly what it means) covers nearly the whole image."""
+    share = float(m.mean()) if m.size else 0.0
+    if share >= FULL_COVERAGE_WARNING:
+        warnings.warn(f"{label}: the mask covers {100 * share:.1f} % of the image; if the region is the dark part "
+                      f"(a white background), invert the mask", FCLMInputWarning, stacklevel=3)
 
 
 def _mask_from_file(path: str, height: int, width: int, label: str) -> np.ndarray:
@@ -128,7 +236,7 @@ def _mask_from_file(path: str, height: int, width: int, label: str) -> np.ndarra
                 arr = np.asarray(im.convert("RGBA"))[..., 3]
                 if arr.min() == 255:  # fully opaque: the colour carries the mask
                     arr = np.asarray(im.convert("RGB")).max(-1)
-            elif im.mode in ("1", "L", "I", "I;16", "F"):
+            elif im.mode == "1" or im.mode == "L" or im.mode.startswith("I") or im.mode == "F":
                 arr = np.asarray(im)
             else:
                 arr = np.asarray(im.convert("RGB")).max(-1)
@@ -136,7 +244,9 @@ def _mask_from_file(path: str, height: int, width: int, label: str) -> np.ndarra
         raise
     except Exception as e:
         raise FCLMDataError(f"{label}: cannot read mask image {path}: {e}") from e
-    return np.asarray(arr) != 0
+    m = binarize_mask(arr, label)
+    _warn_coverage(m, label)
+    return m
 
 
 def region_to_mask(region: Any, height: int, width: int, label: str = "region") -> np.ndarray:
@@ -153,7 +263,10 @@ def region_to_mask(region: Any, height: int, width: int, label: str = "region") 
     except ImportError:  # pragma: no cover
         pass
     if isinstance(region, np.ndarray) and region.ndim == 2:
-        return region.astype(bool) if region.dtype != bool else region
+        m = binarize_mask(region, label)
+        if region.dtype != bool:
+            _warn_coverage(m, label)
+        return m
     if isinstance(region, np.ndarray) and region.ndim == 1:
         region = region.tolist()
     if isinstance(region, np.ndarray):

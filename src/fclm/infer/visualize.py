@@ -1,9 +1,10 @@
-"""Overlays of inference results, saved as PNG at the image's own size.
+"""Overlays of inference results, saved as PNG.
 
-A colour per mask / phrase / region (tinted fill plus an opaque outline; captioned regions are drawn
-as outlines only), and a legend box in the top-left corner listing each colour's text, with an
-optional title (the answer or caption) on top. Works on any list of masks and labels
-(:func:`render_overlay`) or directly on pipeline results (:func:`draw_result`).
+A colour per mask / phrase / region (tinted fill plus a double outline — the colour and a
+contrasting ring; captioned regions are drawn as outlines only). The legend — the optional title
+(the answer or caption), then each colour's text — sits in a strip below the image, never over
+it, in a font scaled to the image (:func:`fclm.data.overlay.legend_canvas`). Works on any list of
+masks and labels (:func:`render_overlay`) or directly on pipeline results (:func:`draw_result`).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..data.overlay import color, draw_legend, legend_lines, tint
+from ..data.overlay import color, legend_canvas, tint
 
 __all__ = ["render_overlay", "draw_result", "save_overlay", "color"]
 
@@ -23,26 +24,15 @@ def render_overlay(image, masks: Sequence[np.ndarray] = (), labels: Sequence[str
     """Draw ``masks`` (tinted + outlined) and ``outlines`` (outline only) over ``image``.
 
     Colours: mask i gets colour i, outline j gets colour ``len(masks) + j``. The legend lists
-    ``labels`` then ``outline_labels``; ``title`` goes above them. Returns an RGB ``PIL.Image`` of the
-    image's size (the legend is drawn inside it, top left).
+    ``labels`` then ``outline_labels``; ``title`` goes above them. Returns an RGB ``PIL.Image``: the
+    image (its pixels only tinted and outlined; centred when narrower than the legend's minimum
+    width) with the legend strip below it.
     """
-    from PIL import Image, ImageDraw
-
     w, h = image.size
     out = tint(image, masks, outlines, alpha, thickness=max(1, round(min(w, h) / 200)))
     labs = list(labels or [f"mask {i + 1}" for i in range(len(masks))])
     labs += list(outline_labels or [f"region {j + 1}" for j in range(len(outlines))])
-    lines = legend_lines(title, labs[: len(masks) + len(outlines)], max(16, (w - 30) // 6), 6, 3)
-    if not lines:
-        return out
-    lh = 12
-    box_w = min(w, 8 + max(len(t) for _, t in lines) * 6 + 16)
-    box_h = min(h, 4 + lh * len(lines))
-    legend = Image.new("RGBA", (w, h), (0, 0, 0, 0))
-    d = ImageDraw.Draw(legend)
-    d.rectangle([0, 0, box_w, box_h], fill=(255, 255, 255, 190))
-    draw_legend(d, lines, 3, 2, lh, 8, limit_y=h)
-    return Image.alpha_composite(out.convert("RGBA"), legend).convert("RGB")
+    return legend_canvas(out, title, labs[: len(masks) + len(outlines)])
 
 
 def draw_result(image, result: Any, regions: Sequence[np.ndarray] = ()):

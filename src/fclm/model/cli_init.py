@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+
+from ..cli import CLIError
+from ..cli_args import add_progress_flag, check_pretrained_source
 
 
 def register(sub) -> None:
@@ -21,7 +25,8 @@ def register(sub) -> None:
     p.add_argument("--out", help="output folder")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=run)
+    add_progress_flag(p)
+    p.set_defaults(func=run, check=check)
 
 
 def _print_counts(name: str, counts: dict[str, int]) -> None:
@@ -37,33 +42,49 @@ def _print_counts(name: str, counts: dict[str, int]) -> None:
     print(f"  {'total':<20} {sum(counts.values()) / 1e9:>12.3f} B")
 
 
+def check(args) -> None:
+    """Which build was asked for, with what it needs — before torch is imported."""
+    modes = [m for m, on in (("--tiny", args.tiny), ("--preset", args.preset), ("--llm/--sam", args.llm or args.sam)) if on]
+    if len(modes) > 1:
+        raise CLIError(f"choose one of --tiny, --preset, --llm/--sam (got {' and '.join(modes)})")
+    if not modes:
+        raise CLIError("give --tiny, --llm and --sam, or --preset")
+    if (args.random or args.dry_run) and not args.preset:
+        raise CLIError("--random and --dry-run go with --preset")
+    if args.preset:
+        if not (args.random or args.dry_run):
+            raise CLIError("--preset needs --random (random weights) and/or --dry-run; for real weights use --llm/--sam")
+        if args.random and not args.dry_run and not args.out:
+            raise CLIError("--preset --random needs --out DIR")
+        return
+    if args.llm or args.sam:
+        if not (args.llm and args.sam):
+            raise CLIError(f"--llm and --sam go together (missing {'--sam' if args.llm else '--llm'})")
+        check_pretrained_source(args.llm, "--llm")
+        check_pretrained_source(args.sam, "--sam")
+    if not args.out:
+        raise CLIError(f"{modes[0]} needs --out DIR")
+    if os.path.isfile(args.out):
+        raise CLIError(f"--out {args.out} is a file; give a folder")
+
+
 def run(args) -> int:
     import torch
 
     from .builders import build_from_pretrained, build_tiny, dry_run, save_fclm
 
     if args.preset:
-        if not (args.random or args.dry_run):
-            raise SystemExit("--preset needs --random (random weights) and/or --dry-run; for real weights use --llm/--sam")
         if args.dry_run:
             _print_counts(args.preset, dry_run(args.preset))
             return 0
-        if not args.out:
-            raise SystemExit("--preset --random needs --out")
         from .builders import random_preset
 
         model, proc = random_preset(args.preset, dtype=getattr(torch, args.dtype))
         save_fclm(model, proc, args.out)
     elif args.tiny:
-        if not args.out:
-            raise SystemExit("--tiny needs --out")
         build_tiny(args.out, seed=args.seed)
-    elif args.llm and args.sam:
-        if not args.out:
-            raise SystemExit("--llm/--sam need --out")
+    else:
         model, proc = build_from_pretrained(args.llm, args.sam, dtype=getattr(torch, args.dtype))
         save_fclm(model, proc, args.out)
-    else:
-        raise SystemExit("give --tiny, --llm and --sam, or --preset (see fclm init --help)")
     print(f"saved FCLM to {args.out}")
     return 0

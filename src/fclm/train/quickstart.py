@@ -121,10 +121,10 @@ def _overlays(model_dir: str, out: str, n: int = 3) -> list[str]:
         panels.append(render_overlay(img, g.masks, [p.text for p in g.phrases if p.mask is not None], title="GCG: " + g.caption))
         panels.append(render_overlay(img, [decode_rle(o.mask) for o in s.objects], [p.text for p in s.phrases][: len(s.objects)],
                                      title="GT: " + (s.caption or "")))
-        w, h = panels[0].size
+        w, h = max(p.size[0] for p in panels), max(p.size[1] for p in panels)  # legends differ in height
         sheet = Image.new("RGB", (w * 2, h * 4), "white")
         for k, p in enumerate(panels):
-            sheet.paste(p.resize((w, h)), ((k % 2) * w, (k // 2) * h))
+            sheet.paste(p, ((k % 2) * w, (k // 2) * h))
         path = os.path.join(out, "overlays", f"{s.id}.png")
         sheet.save(path)
         paths.append(path)

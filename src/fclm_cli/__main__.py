@@ -1,0 +1,5 @@
+import sys
+
+from fclm_cli import main
+
+sys.exit(main())

@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "fclm.data.cli_data",
     "fclm.eval.cli_score",
     "fclm.eval.cli_eval",
+    "fclm.serve.cli_serve",
 ]
 
 

@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "eval": ("fclm.eval.cli_eval", "run FCLM on a benchmark and score it with the reference protocol", True),
     "score": ("fclm.eval.cli_score", "score a prediction file on a benchmark (reference protocols)", False),
     "data": ("fclm.data.cli_data", "dataset tools (data check)", False),
+    "serve": ("fclm.serve.cli_serve", "serve a model over an HTTP JSON API (dynamic batching)", True),
+    "demo": ("fclm.serve.cli_serve", "browser demo: click a region, read its description; type text, see masks", True),
 }
 
 DEBUG_ENV = "FCLM_DEBUG"

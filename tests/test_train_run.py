@@ -124,10 +124,12 @@ def test_outputs_and_checkpoints(runs):
     with open(os.path.join(ck, "latest")) as f:
         assert f.read().strip() == f"step-{S1_STEPS:06d}"
     last = os.path.join(ck, f"step-{S1_STEPS:06d}")
-    for f in ("optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json", "model/model.safetensors"):
+    for f in ("state/optimizer.bin", "state/random_states_0.pkl", "scheduler.pt", "trainer_state.json",
+              "model/model.safetensors"):
         assert os.path.exists(os.path.join(last, f)), f
     with open(os.path.join(last, "trainer_state.json")) as f:
-        assert json.load(f)["step"] == S1_STEPS
+        state = json.load(f)
+    assert state["step"] == S1_STEPS and state["strategy"] == "ddp" and state["num_processes"] == 1
     w_final, w_last = weights(final), weights(os.path.join(last, "model"))
     assert all(torch.equal(w_final[k], w_last[k]) for k in w_final)
 

@@ -61,7 +61,9 @@ def decode_masks(
         return []
     n = prompts.shape[0]
     emb = image_embeddings[image_index]
-    dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(n, -1, *emb.shape[-2:])
+    # called as a module, not read as `.weight`: sharded weights (ZeRO-3) are gathered in its forward
+    no_mask = sam.prompt_encoder.no_mask_embed(torch.zeros(1, dtype=torch.long, device=emb.device))
+    dense = no_mask.reshape(1, -1, 1, 1).expand(n, -1, *emb.shape[-2:])
     pos = sam.get_image_wide_positional_embeddings().to(emb.dtype).expand(n, -1, -1, -1)
     low_res, _ = sam.mask_decoder(
         image_embeddings=emb,

@@ -213,7 +213,8 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             input_ids: ``(B, L)``; one image per row, its ``<|image_pad|>`` run in place.
             attention_mask: ``(B, L)``.
             pixel_values / image_grid_thw: Qwen2-VL image processor outputs for the B images.
-            labels: ``(B, L)`` answer-token targets, -100 elsewhere.
+            labels: ``(B, L)`` answer-token targets, -100 elsewhere; with labels only the loss is
+                computed (``logits`` is None: the LM head runs at the label positions only).
             sam_pixel_values: ``(B, 3, S, S)`` SAM-preprocessed images (long side S, padded).
             sam_valid_sizes / original_sizes: ``(B, 2)`` resized (h, w) inside S×S / original (H, W).
             region_masks: one ``(H, W)`` bool mask per ``<mask><pos>`` slot, row-major order.
@@ -238,15 +239,17 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         position_ids, _ = self.position_ids_for(input_ids, image_grid_thw, attention_mask)
         out = self.run_language_model(embeds, attention_mask, position_ids)
         hidden = out.last_hidden_state
-        logits = self.lm_head(hidden)
-        result = FCLMOutput(logits=logits, hidden_states=hidden)
+        result = FCLMOutput(hidden_states=hidden)
         terms: dict[str, torch.Tensor] = {}
 
-        if labels is not None:
-            shift_logits = logits[:, :-1].flatten(0, 1).float()
-            shift_labels = labels[:, 1:].flatten().to(logits.device)
-            if (shift_labels != -100).any():
-                result.loss_ce = nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+        if labels is None:
+            result.logits = self.lm_head(hidden)
+        else:  # CE at the answer tokens only: no (B, L, vocab) fp32 logits (logits stay None)
+            shift_labels = labels[:, 1:].to(hidden.device)
+            at = shift_labels != -100
+            if at.any():
+                token_logits = self.lm_head(hidden[:, :-1][at]).float()
+                result.loss_ce = nn.functional.cross_entropy(token_logits, shift_labels[at])
                 terms["ce"] = cfg.ce_weight * result.loss_ce
 
         sb, sl = self.slot_positions(input_ids, cfg.seg_token_id)

@@ -1,10 +1,16 @@
-"""Atomic, resumable training checkpoints.
+"""Atomic, resumable training checkpoints, written by every process through accelerate.
 
-``<output_dir>/checkpoints/step-NNNNNN/`` holds the model + processor (safetensors, loadable with
-``FCLMPipeline``/``load_fclm``), ``optimizer.pt``, ``scheduler.pt`` and ``trainer_state.json`` (step,
-RNG state, sampler position). A checkpoint is written to a temporary folder and renamed into place,
-then ``latest`` (a one-line file) is replaced atomically: a run killed at any moment leaves the
-previous checkpoint intact. Tensors are read back with ``torch.load(weights_only=True)``.
+``<output_dir>/checkpoints/step-NNNNNN/`` holds
+
+* ``state/``: ``accelerator.save_state`` (model + optimizer, sharded under fsdp / zero, per-rank
+  RNG states) — what resume reads;
+* ``model/``: the consolidated model + processor (safetensors, an HF folder loadable with
+  ``FCLMPipeline`` / ``AutoModel.from_pretrained`` after ``import fclm``);
+* ``scheduler.pt`` and ``trainer_state.json`` (step, strategy, world size, skipped records).
+
+Every process writes its part into ``.tmp-step-NNNNNN``; the main process renames it into place and
+then replaces ``latest`` (a one-line file) atomically: a run killed at any moment leaves the
+previous checkpoint intact. Tensors are read back with ``weights_only=True``.
 """
 from __future__ import annotations
 
@@ -27,31 +33,76 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(output_dir: str, step: int, model, processor, optimizer, scheduler, state: dict,
-                    keep: int = 2) -> str:
-    from ..model.builders import save_fclm
+def consolidated_state_dict(acc, model, dtype: torch.dtype | None = None) -> dict:
+    """The full model state dict on the main process (gathered from shards; empty elsewhere)."""
+    sd = acc.get_state_dict(model, unwrap=True)
+    if not acc.is_main_process:
+        return {}
+    # tied weights (lm_head ↔ embeddings, SAM's shared positional embedding) come back from the
+    # shards as separate tensors: keep the first name of each, as save_pretrained does unsharded
+    unwrapped, tied = acc.unwrap_model(model), set()
+    named = list(unwrapped.named_parameters(remove_duplicate=False)) + list(unwrapped.named_buffers(remove_duplicate=False))
+    seen: dict[int, str] = {}
+    for name, t in named:
+        if id(t) in seen:
+            tied.add(name)
+        else:
+            seen[id(t)] = name
+    return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous().cpu()
+            for k, v in sd.items() if k not in tied}
 
-    root = os.path.join(output_dir, CKPT_DIR)
-    os.makedirs(root, exist_ok=True)
-    final = os.path.join(root, f"step-{step:06d}")
-    tmp = tempfile.mkdtemp(prefix=".tmp-step-", dir=root)
+
+def save_model_folder(model, processor, state_dict: dict, out_dir: str) -> None:
+    """HF folder (config + safetensors + processor) from a consolidated state dict, atomically."""
+    parent = os.path.dirname(os.path.abspath(out_dir)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".fclm-save-", dir=parent)
     try:
-        save_fclm(model, processor, os.path.join(tmp, "model"))
-        torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
-        torch.save(scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
-        torch.save({"torch": torch.get_rng_state()}, os.path.join(tmp, "rng.pt"))
-        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-            json.dump({**state, "step": step}, f, indent=2)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        if os.path.exists(out_dir):
+            old = out_dir.rstrip("/") + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_atomic(os.path.join(root, "latest"), os.path.basename(final) + "\n")
-    olds = sorted(d for d in os.listdir(root) if d.startswith("step-") and d != os.path.basename(final))
-    for d in olds[: max(0, len(olds) - (keep - 1))]:
-        shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+
+
+def save_checkpoint(acc, output_dir: str, step: int, model, processor, scheduler, state: dict,
+                    keep: int = 2, dtype: torch.dtype | None = None) -> str:
+    """Collective: every process calls it at the same step."""
+    root = os.path.join(output_dir, CKPT_DIR)
+    final = os.path.join(root, f"step-{step:06d}")
+    tmp = os.path.join(root, f".tmp-step-{step:06d}")
+    if acc.is_main_process:
+        os.makedirs(root, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # a killed run's partial write
+        os.makedirs(tmp)
+    acc.wait_for_everyone()
+    acc.save_state(os.path.join(tmp, "state"))
+    sd = consolidated_state_dict(acc, model, dtype)
+    if acc.is_main_process:
+        try:
+            save_model_folder(acc.unwrap_model(model), processor, sd, os.path.join(tmp, "model"))
+            torch.save(scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
+            with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+                json.dump({**state, "step": step}, f, indent=2)
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _write_atomic(os.path.join(root, "latest"), os.path.basename(final) + "\n")
+        olds = sorted(d for d in os.listdir(root) if d.startswith("step-") and d != os.path.basename(final))
+        for d in olds[: max(0, len(olds) - (keep - 1))]:
+            shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+    acc.wait_for_everyone()
     return final
 
 
@@ -68,24 +119,29 @@ def find_checkpoint(path: str) -> str | None:
     return None
 
 
-def load_training_state(ckpt: str, model, optimizer, scheduler) -> dict:
-    """Restore weights, optimizer, scheduler and RNG from ``ckpt``; return its trainer state."""
-    from safetensors.torch import load_file
-
-    weights = {}
-    mdir = os.path.join(ckpt, "model")
-    for f in sorted(os.listdir(mdir)):
-        if f.endswith(".safetensors"):
-            weights.update(load_file(os.path.join(mdir, f)))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    # tied weights (lm_head ↔ embeddings, SAM's shared positional embedding) are saved once
-    state = model.state_dict()
-    loaded = {state[k].data_ptr() for k in weights if k in state}
-    missing = [k for k in missing if state[k].data_ptr() not in loaded]
-    if missing or unexpected:
-        raise ValueError(f"{ckpt}: checkpoint does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    optimizer.load_state_dict(torch.load(os.path.join(ckpt, "optimizer.pt"), weights_only=True))
-    scheduler.load_state_dict(torch.load(os.path.join(ckpt, "scheduler.pt"), weights_only=True))
-    torch.set_rng_state(torch.load(os.path.join(ckpt, "rng.pt"), weights_only=True)["torch"])
+def read_trainer_state(ckpt: str) -> dict:
     with open(os.path.join(ckpt, "trainer_state.json")) as f:
         return json.load(f)
+
+
+def check_resumable(ckpt: str, strategy: str, world: int) -> dict:
+    """The checkpoint's trainer state, or a clear error when this run cannot continue it."""
+    from .strategies import StrategyError
+
+    state = read_trainer_state(ckpt)
+    if not os.path.isdir(os.path.join(ckpt, "state")):
+        raise StrategyError(f"{ckpt}: no state/ folder (a checkpoint of an older fclm): cannot resume")
+    was = state.get("strategy", "ddp")
+    if was != strategy:
+        raise StrategyError(f"{ckpt} was written under strategy {was}, this run is {strategy}: "
+                            f"resume with --strategy {was}")
+    if strategy.startswith("zero") and int(state.get("num_processes", world)) != world:
+        raise StrategyError(f"{ckpt} holds DeepSpeed shards of {state['num_processes']} processes, this run "
+                            f"has {world}: resume with the same number of processes")
+    return state
+
+
+def load_training_state(acc, ckpt: str, scheduler) -> None:
+    """Restore model, optimizer and RNG (``state/``) and the scheduler; after ``prepare``."""
+    acc.load_state(os.path.join(ckpt, "state"))
+    scheduler.load_state_dict(torch.load(os.path.join(ckpt, "scheduler.pt"), weights_only=True))

@@ -40,6 +40,7 @@ class DataSection:
     sources: list[SourceSection] = field(default_factory=list)
     synthetic: dict[str, Any] = field(default_factory=dict)  # {num_scenes, seed, image_size, ...}
     pair_stage2: bool = False  # each region → one DLC + one DL-RES example (latent pairs)
+    num_workers: int | None = None  # DataLoader worker processes per rank (None: one per spare core, ≤ 4)
 
 
 @dataclass
@@ -65,7 +66,8 @@ class TrainConfig:
     steps: int = 1000
     per_device_batch: int = 2
     grad_accum: int = 1
-    precision: str = "no"  # no | bf16 | fp16
+    precision: str = "no"  # no | bf16 | fp16: autocast compute; weights and AdamW state stay fp32
+    save_dtype: str = "float32"  # dtype of the saved model folders (checkpoints' model/, final/)
     seed: int = 0
     save_every: int = 500
     keep_checkpoints: int = 2
@@ -130,6 +132,8 @@ def load_train_config(path: str, overrides: list[str] | None = None) -> TrainCon
         cfg.model.path = cand if os.path.exists(cand) else cfg.model.path
     if cfg.precision not in ("no", "bf16", "fp16"):
         raise ValueError(f"{path}: precision must be no, bf16 or fp16, got {cfg.precision!r}")
+    if cfg.save_dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"{path}: save_dtype must be float32, bfloat16 or float16, got {cfg.save_dtype!r}")
     if cfg.model.init not in ("tiny", "path", "pretrained"):
         raise ValueError(f"{path}: model.init must be tiny, path or pretrained, got {cfg.model.init!r}")
     if not cfg.data.sources:

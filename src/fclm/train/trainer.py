@@ -15,9 +15,13 @@ import time
 
 import torch
 
-from .checkpoint import find_checkpoint, load_training_state, save_checkpoint
+from .checkpoint import (check_resumable, consolidated_state_dict, find_checkpoint, load_training_state,
+                         save_checkpoint, save_model_folder)
 from .config import TrainConfig, to_dict
 from .data import TrainingStream
+from .dataset import SKIPPED_KEY, default_num_workers, micro_batch_loader
+from .strategies import (configure_deepspeed, drop_untouched_gradients, init_adamw_state, make_accelerator,
+                         touch_root_parameters)
 
 log = logging.getLogger("fclm.train")
 TERMS = ("loss", "loss_ce", "loss_dice", "loss_bce", "loss_seg", "loss_self", "loss_latent")
@@ -72,40 +76,46 @@ def _scheduler(optimizer, cfg: TrainConfig):
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: str | None = None, progress: bool = True):
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    """One run of one stage under the strategy its launcher set up (see :mod:`.strategies`)."""
 
-        self.cfg = cfg
-        # `accelerate launch --multi_gpu`/torchrun on a CPU-only machine: accelerate only sets up gloo
-        # (MULTI_CPU) when told to use the CPU; otherwise every process would train alone as rank 0.
-        launched = int(os.environ.get("WORLD_SIZE", "1"))
-        self.accelerator = Accelerator(mixed_precision=cfg.precision,
-                                       cpu=launched > 1 and not torch.cuda.is_available(),
-                                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-        if launched > 1 and self.accelerator.num_processes != launched:
-            raise RuntimeError(f"{launched} processes were launched but accelerate set up "
-                               f"{self.accelerator.num_processes}: check the launcher's distributed settings")
-        set_seed(cfg.seed)
-        self.model, self.processor = build_model(cfg)
+    def __init__(self, cfg: TrainConfig, resume: str | None = None, progress: bool = True):
+        from accelerate.utils import set_seed
+
         from ..model.stages import apply_stage
 
-        self.trainable = apply_stage(self.model, cfg.stage if cfg.trainable is None else None, cfg.trainable)
-        if cfg.model.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
-        self.optimizer = _optimizer(self.model, cfg)
-        self.scheduler = _scheduler(self.optimizer, cfg)
-        self.start_step = 0
+        self.cfg = cfg
+        self.accelerator, self.strategy = make_accelerator(cfg.precision, cfg.grad_accum)
+        acc = self.accelerator
+        ckpt = state = None
         if resume:
             ckpt = find_checkpoint(resume)
             if ckpt is None:
                 raise FileNotFoundError(f"no checkpoint to resume from in {resume}")
-            state = load_training_state(ckpt, self.model, self.optimizer, self.scheduler)
-            self.start_step = int(state["step"])
+            state = check_resumable(ckpt, self.strategy, acc.num_processes)
+        set_seed(cfg.seed)
+        self.model, self.processor = build_model(cfg)
+        # fp32 master weights whatever the init folder holds (bf16 weights lose most lr-2e-5
+        # updates to rounding); bf16 compute comes from autocast (precision: bf16)
+        self.model.float()
+        self.trainable = apply_stage(self.model, cfg.stage if cfg.trainable is None else None, cfg.trainable)
+        if cfg.model.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.optimizer = _optimizer(self.model, cfg)
+        self.scheduler = _scheduler(self.optimizer, cfg)  # stepped once per optimizer step, not prepared
+        configure_deepspeed(acc, cfg.per_device_batch, cfg.optim.grad_clip)
+        self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
+        if self.strategy == "fsdp":
+            self.unwrapped.register_forward_hook(touch_root_parameters)
+            init_adamw_state(self.optimizer)
+        self.start_step, self.skipped = 0, 0
+        if ckpt:
+            load_training_state(acc, ckpt, self.scheduler)
+            self.start_step, self.skipped = int(state["step"]), int(state.get("skipped_records", 0))
             log.info("resumed from %s at step %d", ckpt, self.start_step)
-        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-        world = self.accelerator.num_processes
+        world = acc.num_processes
         self.stream = TrainingStream(cfg, self.processor, cfg.steps * cfg.global_batch_per_process * world)
+        workers = cfg.data.num_workers
+        self.num_workers = default_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if workers is None else workers
         self.progress = progress
         self.log_path = os.path.join(cfg.output_dir, "log.jsonl")
 
@@ -124,7 +134,8 @@ class Trainer:
         with open(self.log_path, "w") as f:
             f.writelines(kept)
         with open(os.path.join(self.cfg.output_dir, "train_config.json"), "w") as f:
-            json.dump(to_dict(self.cfg), f, indent=2, default=str)
+            json.dump({**to_dict(self.cfg), "strategy": self.strategy, "num_processes": self.accelerator.num_processes},
+                      f, indent=2, default=str)
         return open(self.log_path, "a")
 
     def _tensorboard(self):
@@ -136,35 +147,54 @@ class Trainer:
             return None
         return SummaryWriter(os.path.join(self.cfg.output_dir, "tensorboard"))
 
-    def train_step(self, step: int) -> dict[str, float]:
-        """One optimizer step (all micro-batches); returns the mean of each loss term."""
+    def batches(self, start_step: int | None = None):
+        """This rank's micro-batches from ``start_step`` on (DataLoader with worker processes)."""
+        acc, cfg = self.accelerator, self.cfg
+        return micro_batch_loader(self.stream, cfg.steps, cfg.grad_accum, acc.process_index, acc.num_processes,
+                                  self.start_step if start_step is None else start_step, self.num_workers,
+                                  pin_memory=acc.device.type == "cuda")
+
+    def train_step(self, batches) -> dict[str, float]:
+        """One optimizer step (``grad_accum`` micro-batches through ``accelerator.accumulate``);
+        returns the mean of each loss term over micro-batches and processes."""
+        from accelerate.utils import send_to_device
+
         acc, cfg = self.accelerator, self.cfg
         sums: dict[str, list[float]] = {}
         self.model.train()
-        for m in range(cfg.grad_accum):
-            batch = self.stream.micro_batch(step, m, acc.process_index, acc.num_processes)
-            from accelerate.utils import send_to_device
-
-            batch = send_to_device(batch, acc.device)
-            sync = m == cfg.grad_accum - 1
-            ctx = acc.no_sync(self.model) if not sync else _null()
-            with ctx, acc.autocast():
+        for _ in range(cfg.grad_accum):
+            batch = next(batches)
+            self.skipped += int(batch.pop(SKIPPED_KEY, 0))
+            batch = send_to_device(batch, acc.device, non_blocking=True)
+            with acc.accumulate(self.model), acc.autocast():
                 out = self.model(**batch)
-                acc.backward(out.loss / cfg.grad_accum)
+                acc.backward(out.loss)  # accelerate divides by grad_accum
+                if acc.sync_gradients and self.strategy == "fsdp":
+                    drop_untouched_gradients(self.model, acc)
+                if acc.sync_gradients and cfg.optim.grad_clip:
+                    acc.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+                self.optimizer.step()  # a no-op until the last micro-batch
+                self.optimizer.zero_grad(set_to_none=True)
             for k in TERMS:
                 v = getattr(out, k)
                 if v is not None:
                     sums.setdefault(k, []).append(float(v.detach()))
-        if cfg.optim.grad_clip:
-            acc.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-        self.optimizer.step()
+        if not acc.sync_gradients:
+            raise RuntimeError("gradient accumulation out of step with the optimizer steps")
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         local = {k: sum(v) / len(v) for k, v in sums.items()}
         # mean over processes; a term absent on a process counts as absent (NaN-free mean)
         vals = torch.tensor([[local.get(k, 0.0), float(k in local)] for k in TERMS], device=acc.device)
         vals = acc.reduce(vals, reduction="sum")
         return {k: float(vals[i, 0] / vals[i, 1]) for i, k in enumerate(TERMS) if vals[i, 1] > 0}
+
+    def save(self, step: int) -> str:
+        acc = self.accelerator
+        skipped = torch.tensor([float(self.skipped)], device=acc.device)
+        state = {"skipped_records": int(acc.reduce(skipped, reduction="sum").item()) if acc.num_processes > 1 else self.skipped,
+                 "num_processes": acc.num_processes, "strategy": self.strategy, "config_file": self.cfg.source_file}
+        return save_checkpoint(acc, self.cfg.output_dir, step, self.model, self.processor, self.scheduler, state,
+                               self.cfg.keep_checkpoints, _DTYPES[self.cfg.save_dtype])
 
     def run(self) -> str:
         from tqdm.auto import tqdm
@@ -174,8 +204,9 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.start_step, desc=f"train {cfg.stage}",
                    disable=not (self.progress and acc.is_main_process), dynamic_ncols=True)
         t0 = time.time()
+        batches = iter(self.batches())
         for step in range(self.start_step, cfg.steps):
-            terms = self.train_step(step)
+            terms = self.train_step(batches)
             done = step + 1
             if acc.is_main_process:
                 rec = {"step": done, "lr": self.scheduler.get_last_lr()[0], "time": round(time.time() - t0, 3), **terms}
@@ -187,18 +218,13 @@ class Trainer:
                 bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in terms.items() if k != "loss"})
             bar.update(1)
             if done % cfg.save_every == 0 or done == cfg.steps:
-                acc.wait_for_everyone()
-                if acc.is_main_process:
-                    save_checkpoint(cfg.output_dir, done, self.unwrapped, self.processor, self.optimizer,
-                                    self.scheduler, {"skipped_records": self.stream.skipped, "num_processes": acc.num_processes,
-                                                     "config_file": cfg.source_file}, cfg.keep_checkpoints)
+                self.save(done)
         bar.close()
+        del batches  # stops the DataLoader workers
         final = os.path.join(cfg.output_dir, "final")
-        acc.wait_for_everyone()
+        sd = consolidated_state_dict(acc, self.model, _DTYPES[cfg.save_dtype])
         if acc.is_main_process:
-            from ..model.builders import save_fclm
-
-            save_fclm(self.unwrapped, self.processor, final)
+            save_model_folder(self.unwrapped, self.processor, sd, final)
             if logf:
                 logf.close()
             if tb is not None:
@@ -213,17 +239,12 @@ class Trainer:
         return final
 
 
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def _log_step(line: str) -> float:
     """Step of a ``log.jsonl`` line; a blank or torn line (a kill mid-write) sorts past every step."""
     try:
         return json.loads(line).get("step", 0) if line.strip() else math.inf
     except json.JSONDecodeError:
         return math.inf
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False

@@ -53,6 +53,11 @@ class FCLMConfig(Qwen2_5_VLConfig):
         `<pos>` of its target mask. T_pos depends on the mask alone, so the second is the same
         pseudo-label without needing the DLC partner in the batch (ours).
     max_masks_per_sample (`int`, defaults to 5): targets sampled per example for the mask loss.
+    mask_loss_at_low_res (`bool`, defaults to False): in training, compute the mask losses on the
+        decoder's ``4g × 4g`` logits against area-pooled targets instead of upsampling every mask
+        to the original size (cheaper; inference is unchanged).
+    self_recon_max_masks (`int`, defaults to 0): with ``self_recon_scope="all_objects"``, at most
+        this many extra objects per batch for L_self, drawn at random (0 = all).
     stages (`dict[str, list[str]]`): per training stage, the module groups that train (others are
         frozen); groups are listed in ``fclm.model.configuration_fclm.MODULE_GROUPS``.
     mask_token_id / pos_token_id / seg_token_id / p_start_token_id / p_end_token_id (`int`): ids of
@@ -84,6 +89,8 @@ class FCLMConfig(Qwen2_5_VLConfig):
     latent_space: str = "prompt"
     latent_scope: str = "pairs"
     max_masks_per_sample: int = 5
+    mask_loss_at_low_res: bool = False
+    self_recon_max_masks: int = 0
     stages: dict | None = None
     mask_token_id: int | None = None
     pos_token_id: int | None = None
@@ -112,6 +119,8 @@ class FCLMConfig(Qwen2_5_VLConfig):
             bad = [g for g in groups if g not in MODULE_GROUPS]
             if bad:
                 raise ValueError(f"stage {stage!r} names unknown module groups {bad}; known: {MODULE_GROUPS}")
+        if self.self_recon_max_masks < 0:
+            raise ValueError(f"self_recon_max_masks must be >= 0, got {self.self_recon_max_masks}")
         if self.pos_fourier_bands < 0:
             raise ValueError(f"pos_fourier_bands must be >= 0, got {self.pos_fourier_bands}")
         if self.deformable_heads < 1 or self.region_hidden_size % self.deformable_heads:

@@ -29,11 +29,50 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (loss * valid).sum() / valid.sum().clamp(min=1.0)
 
 
-def mask_losses(logits: list[torch.Tensor], targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean Dice and mean BCE over a list of (logits, target) pairs of matching shapes."""
-    dice = torch.stack([dice_loss(l.float(), t) for l, t in zip(logits, targets)]).mean()
-    bce = torch.stack([bce_loss(l.float(), t) for l, t in zip(logits, targets)]).mean()
+def pooled_target(target: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ``{0,1,255}`` mask area-pooled to ``size``: (soft foreground fraction, valid fraction).
+
+    The foreground fraction is over the valid pixels of each cell; a cell with no valid pixel gets
+    weight 0.
+    """
+    valid, t = _valid_and_target(target)
+    if tuple(target.shape[-2:]) == tuple(size):
+        return t, valid
+    stack = torch.stack([t * valid, valid])[None]
+    fg, val = F.interpolate(stack, size=size, mode="area")[0]
+    return fg / val.clamp(min=1e-6), val
+
+
+def _batched_dice_bce(logits: torch.Tensor, t: torch.Tensor, valid: torch.Tensor, eps: float = 1.0):
+    """Per-mask Dice and BCE of ``(N, h, w)`` logits against soft targets weighted by ``valid``."""
+    p = logits.sigmoid() * valid
+    t = t * valid
+    dice = 1 - (2 * (p * t).flatten(1).sum(1) + eps) / (p.flatten(1).sum(1) + t.flatten(1).sum(1) + eps)
+    bce = F.binary_cross_entropy_with_logits(logits, t, reduction="none") * valid
+    bce = bce.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1.0)
     return dice, bce
+
+
+def mask_losses(logits: list[torch.Tensor], targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean Dice and mean BCE over a list of (logits, target) pairs.
+
+    A target larger than its logits (low-resolution training losses, see
+    :func:`~fclm.model.mask_decoding.decode_masks`) is area-pooled to the logits' size, giving soft
+    targets; at equal sizes this is :func:`dice_loss` / :func:`bce_loss` exactly. Masks of one size
+    are computed as one batch.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, l in enumerate(logits):
+        groups.setdefault((tuple(l.shape), tuple(targets[i].shape)), []).append(i)
+    dice, bce = [], []
+    for (shape, _), idx in groups.items():
+        pooled = [pooled_target(targets[i].to(logits[i].device), shape) for i in idx]
+        t = torch.stack([p[0] for p in pooled])
+        valid = torch.stack([p[1] for p in pooled])
+        d, b = _batched_dice_bce(torch.stack([logits[i].float() for i in idx]), t, valid)
+        dice.append(d)
+        bce.append(b)
+    return torch.cat(dice).mean(), torch.cat(bce).mean()
 
 
 def latent_consistency(seg: torch.Tensor, pos: torch.Tensor, kind: str = "cosine") -> torch.Tensor:

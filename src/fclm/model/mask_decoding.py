@@ -44,6 +44,7 @@ def decode_masks(
     image_index: torch.Tensor,
     valid_sizes: torch.Tensor,
     original_sizes: torch.Tensor,
+    at_low_res: bool = False,
 ) -> list[torch.Tensor]:
     """Decode one mask per prompt token.
 
@@ -54,8 +55,12 @@ def decode_masks(
         image_index: ``(N,)`` image of each prompt.
         valid_sizes: ``(B, 2)`` (h, w) of each resized image inside SAM's padded square input.
         original_sizes: ``(B, 2)`` (H, W) of each original image.
+        at_low_res: return the decoder's own ``4g × 4g`` logits, cropped to the image's valid part, with
+            no upsampling (for training losses: :func:`~fclm.model.losses.mask_losses` pools the
+            targets to that size). Inference keeps the default.
     Returns:
-        N logit maps, the i-th of shape ``original_sizes[image_index[i]]``; mask = logits > 0.
+        N logit maps, the i-th of shape ``original_sizes[image_index[i]]`` (``at_low_res``: about
+        ``valid_sizes[image_index[i]] · 4g / S``); mask = logits > 0.
     """
     if prompts.shape[0] == 0:
         return []
@@ -74,6 +79,10 @@ def decode_masks(
     )
     low_res = low_res[:, 0, :1].float()  # (N, 1, 4g, 4g)
     size = sam.config.vision_config.image_size
+    if at_low_res:
+        r = low_res.shape[-1] / size
+        return [m[0, : max(1, round(int(valid_sizes[b][0]) * r)), : max(1, round(int(valid_sizes[b][1]) * r))]
+                for m, b in zip(low_res.unbind(0), image_index.tolist())]
     up = F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False)
     out = []
     # unbind, not up[i:i+1]: each slice's backward would zero-fill a gradient the size of all of `up`

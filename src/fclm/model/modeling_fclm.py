@@ -266,7 +266,8 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             prompts = self.seg_projector(result.seg_queries)
             if target_masks is not None and self.training:
                 keep = self._subsample_targets(sb)
-                logits_k = decode_masks(self.sam, prompts[keep], image_emb, sb[keep], sam_valid_sizes, original_sizes)
+                logits_k = decode_masks(self.sam, prompts[keep], image_emb, sb[keep], sam_valid_sizes, original_sizes,
+                                        at_low_res=cfg.mask_loss_at_low_res)
                 result.loss_dice, result.loss_bce = mask_losses(logits_k, [target_masks[i] for i in keep.tolist()])
                 result.pred_masks = None
             else:
@@ -278,7 +279,8 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                 terms["seg"] = result.loss_seg
 
         if self_masks and cfg.self_recon_weight > 0 and image_emb is not None:
-            rec = decode_masks(self.sam, self.seg_projector(self_pos), image_emb, self_index, sam_valid_sizes, original_sizes)
+            rec = decode_masks(self.sam, self.seg_projector(self_pos), image_emb, self_index, sam_valid_sizes,
+                               original_sizes, at_low_res=cfg.mask_loss_at_low_res and self.training)
             d, b = mask_losses(rec, [m.to(torch.uint8) for m in self_masks])
             result.loss_self = cfg.dice_weight * d + cfg.bce_weight * b
             terms["self"] = cfg.self_recon_weight * result.loss_self
@@ -374,6 +376,11 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         """Masks, `<pos>` vectors and batch rows that L_self reconstructs."""
         masks, pos, index = list(region_masks or []), t_pos, region_index
         if self.config.self_recon_scope == "all_objects" and object_masks:
+            cap = self.config.self_recon_max_masks
+            if cap and len(object_masks) > cap and self.training:
+                pick = torch.randperm(len(object_masks))[:cap].sort().values
+                object_masks = [object_masks[i] for i in pick.tolist()]
+                object_image_index = object_image_index[pick.to(object_image_index.device)]
             obj_pos, _ = self.region_extractor.encode_position(object_masks, dtype)
             masks += list(object_masks)
             pos = obj_pos if pos is None else torch.cat([pos, obj_pos])

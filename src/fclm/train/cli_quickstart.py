@@ -1,32 +1,68 @@
 """`fclm quickstart [--out DIR]`: train and evaluate a tiny FCLM on synthetic scenes (CPU, no download)."""
 from __future__ import annotations
 
+# Measured with the default recipe; docs/benchmarks.md ("Quickstart in 10 minutes") has the runs.
+HELP = ("train + evaluate a tiny FCLM on synthetic scenes (CPU; measured: PLACEHOLDER; "
+        "see docs/benchmarks.md)")
+
 
 def register(sub) -> None:
-    p = sub.add_parser("quickstart", help="train + evaluate a tiny FCLM on synthetic scenes (CPU, ~15 min)",
-                       description=__doc__)
+    p = sub.add_parser("quickstart", help=HELP, description=__doc__ + "\n\n" + HELP[HELP.index("(") :])
     p.add_argument("--out", default="fclm-quickstart", help="output folder (default: ./fclm-quickstart)")
-    p.add_argument("--stage1-steps", type=int, help="override stage-1 steps (default: the packaged config)")
-    p.add_argument("--stage2-steps", type=int, help="override stage-2 steps")
-    p.add_argument("--test-scenes", type=int, default=60)
+    p.add_argument("--stage1-steps", type=int,
+                   help="stage-1 steps, at least 1 (default: the packaged config's)")
+    p.add_argument("--stage2-steps", type=int, help="stage-2 steps; 0 skips stage 2 (default: the packaged config's)")
+    p.add_argument("--test-scenes", type=int, default=60, help="held-out test scenes to evaluate on (default: 60)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ablate", action="store_true",
-                   help="instead: train with/without L_self and L_latent on the same seeds and write the table")
+                   help="instead: train with/without L_self and L_latent for every --seeds seed and write "
+                        "the mean ± std table and a plot to OUT/ablation")
+    p.add_argument("--seeds", default="0,1,2", help="--ablate: comma-separated seeds (default: 0,1,2)")
+    p.add_argument("--jobs", type=int, default=2, help="--ablate: runs at a time, one thread each (default: 2)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
+
+
+def _check(args) -> str | None:
+    """The first invalid argument, as an error message."""
+    if args.stage1_steps is not None and args.stage1_steps < 1:
+        return (f"--stage1-steps must be at least 1, got {args.stage1_steps} "
+                "(stage 2 starts from the stage-1 model; omit the option for the default)")
+    if args.stage2_steps is not None and args.stage2_steps < 0:
+        return f"--stage2-steps must be at least 0, got {args.stage2_steps}"
+    if args.test_scenes < 1:
+        return f"--test-scenes must be at least 1, got {args.test_scenes}"
+    if args.ablate:
+        try:
+            seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+        except ValueError:
+            return f"--seeds must be comma-separated integers, got {args.seeds!r}"
+        if not seeds or len(set(seeds)) != len(seeds):
+            return f"--seeds must name at least one seed, each once, got {args.seeds!r}"
+        if args.jobs < 1:
+            return f"--jobs must be at least 1, got {args.jobs}"
+    return None
 
 
 def run(args) -> int:
     import logging
     import os
+    import sys
 
+    err = _check(args)
+    if err:
+        print(f"fclm quickstart: error: {err}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.WARNING)
     if args.ablate:
         from .ablation import run_ablation
 
-        table = run_ablation(os.path.join(args.out, "ablation"), args.stage1_steps, args.stage2_steps,
-                             args.test_scenes, args.seed, progress=not args.no_progress)
+        out = os.path.join(args.out, "ablation")
+        table = run_ablation(out, args.stage1_steps, args.stage2_steps, args.test_scenes,
+                             seeds=[int(x) for x in args.seeds.split(",") if x.strip()], jobs=args.jobs,
+                             progress=not args.no_progress)
         print(table)
+        print(f"\ntable + plot: {os.path.join(out, 'ablation.md')}, {os.path.join(out, 'ablation.png')}")
         return 0
     from .quickstart import run_quickstart
 

@@ -24,14 +24,21 @@ def packaged_config(name: str) -> str:
 def train_stages(out: str, stage1_steps: int | None = None, stage2_steps: int | None = None,
                  seed: int = 0, progress: bool = True, extra1: list[str] = (), extra2: list[str] = (),
                  timings: dict | None = None) -> str:
-    """Stage 1 then stage 2 into ``out``; returns the final model folder ``out/model``."""
+    """Stage 1 then stage 2 into ``out``; returns the final model folder ``out/model``.
+
+    ``None`` steps: the packaged configs' own; ``stage2_steps=0`` skips stage 2 (``stage1_steps``
+    must be at least 1)."""
     timings = timings if timings is not None else {}
     t0 = time.time()
     from .config import load_train_config
     from .trainer import Trainer
 
+    if stage1_steps is not None and stage1_steps < 1:
+        raise ValueError(f"stage1_steps must be at least 1, got {stage1_steps}: stage 2 starts from the stage-1 model")
+    if stage2_steps is not None and stage2_steps < 0:
+        raise ValueError(f"stage2_steps must be at least 0, got {stage2_steps}")
     s1 = [f"output_dir={out}/stage1", f"seed={seed}", *extra1]
-    if stage1_steps:
+    if stage1_steps is not None:
         s1.append(f"steps={stage1_steps}")
     cfg1 = load_train_config(packaged_config("quickstart-stage1.yaml"), s1)
     final1 = Trainer(cfg1, progress=progress).run()
@@ -158,12 +165,14 @@ def write_report(out: str, metrics: dict, overlays: list[str], timings: dict) ->
 
 
 def run_quickstart(out: str = "fclm-quickstart", stage1_steps: int | None = None, stage2_steps: int | None = None,
-                   test_scenes: int = 60, seed: int = 0, progress: bool = True) -> dict:
+                   test_scenes: int = 60, seed: int = 0, progress: bool = True, extra1: list[str] = (),
+                   extra2: list[str] = ()) -> dict:
+    """Train, evaluate and report; ``extra1`` / ``extra2``: ``key=value`` overrides of the stage configs."""
     from .plots import plot_losses
 
     t0 = time.time()
     timings: dict = {}
-    model_dir = train_stages(out, stage1_steps, stage2_steps, seed, progress, timings=timings)
+    model_dir = train_stages(out, stage1_steps, stage2_steps, seed, progress, extra1, extra2, timings=timings)
     t1 = time.time()
     metrics = evaluate_all(model_dir, out, test_scenes, progress=progress)
     overlays = _overlays(model_dir, out)

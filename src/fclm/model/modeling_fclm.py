@@ -213,8 +213,8 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             input_ids: ``(B, L)``; one image per row, its ``<|image_pad|>`` run in place.
             attention_mask: ``(B, L)``.
             pixel_values / image_grid_thw: Qwen2-VL image processor outputs for the B images.
-            labels: ``(B, L)`` answer-token targets, -100 elsewhere; with labels only the loss is
-                computed (``logits`` is None: the LM head runs at the label positions only).
+            labels: ``(B, L)`` answer-token targets, -100 elsewhere. In training mode with labels the
+                LM head runs at the label positions only and ``logits`` is None.
             sam_pixel_values: ``(B, 3, S, S)`` SAM-preprocessed images (long side S, padded).
             sam_valid_sizes / original_sizes: ``(B, 2)`` resized (h, w) inside S×S / original (H, W).
             region_masks: one ``(H, W)`` bool mask per ``<mask><pos>`` slot, row-major order.
@@ -242,9 +242,9 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         result = FCLMOutput(hidden_states=hidden)
         terms: dict[str, torch.Tensor] = {}
 
-        if labels is None:
+        if labels is None or not self.training:
             result.logits = self.lm_head(hidden)
-        else:  # CE at the answer tokens only: no (B, L, vocab) fp32 logits (logits stay None)
+        if labels is not None:  # CE at the answer tokens only: no (B, L, vocab) fp32 logits in training
             shift_labels = labels[:, 1:].to(hidden.device)
             at = shift_labels != -100
             if at.any():

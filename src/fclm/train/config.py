@@ -14,10 +14,11 @@ import yaml
 
 @dataclass
 class ModelSection:
-    init: str = "path"  # "tiny" | "path" | "pretrained"
+    init: str = "path"  # "tiny" | "path" | "pretrained" | "preset" (random full-size weights: benchmarks)
     path: str | None = None  # init=path: an FCLM folder (e.g. the stage-1 output)
     llm: str | None = None  # init=pretrained: Qwen2.5-VL id/folder
     sam: str | None = None  # init=pretrained: SAM id/folder/.pth
+    preset: str | None = None  # init=preset: fclm-3b | fclm-7b
     overrides: dict[str, Any] = field(default_factory=dict)  # FCLMConfig fields (loss weights, switches)
     gradient_checkpointing: bool = False
 
@@ -134,8 +135,8 @@ def load_train_config(path: str, overrides: list[str] | None = None) -> TrainCon
         raise ValueError(f"{path}: precision must be no, bf16 or fp16, got {cfg.precision!r}")
     if cfg.save_dtype not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"{path}: save_dtype must be float32, bfloat16 or float16, got {cfg.save_dtype!r}")
-    if cfg.model.init not in ("tiny", "path", "pretrained"):
-        raise ValueError(f"{path}: model.init must be tiny, path or pretrained, got {cfg.model.init!r}")
+    if cfg.model.init not in ("tiny", "path", "pretrained", "preset"):
+        raise ValueError(f"{path}: model.init must be tiny, path, pretrained or preset, got {cfg.model.init!r}")
     if not cfg.data.sources:
         raise ValueError(f"{path}: data.sources is empty: nothing to train on")
     return cfg

@@ -27,12 +27,16 @@ log = logging.getLogger("fclm.train")
 TERMS = ("loss", "loss_ce", "loss_dice", "loss_bce", "loss_seg", "loss_self", "loss_latent")
 
 
-def build_model(cfg: TrainConfig):
+def build_model(cfg: TrainConfig, device=None):
     """Model + processor as the config's ``model`` section says, overrides applied."""
     from ..model.builders import build_from_pretrained, build_tiny, load_fclm
 
     m = cfg.model
-    if m.init == "tiny":
+    if m.init == "preset":  # random full-size weights, built in place on the training device
+        from ..model.builders import random_preset
+
+        model, processor = random_preset(m.preset or "fclm-3b", dtype=torch.float32, device=device or "cpu")
+    elif m.init == "tiny":
         model, processor = build_tiny(seed=cfg.seed, **m.overrides)
     elif m.init == "path":
         if not m.path:
@@ -93,7 +97,7 @@ class Trainer:
                 raise FileNotFoundError(f"no checkpoint to resume from in {resume}")
             state = check_resumable(ckpt, self.strategy, acc.num_processes)
         set_seed(cfg.seed)
-        self.model, self.processor = build_model(cfg)
+        self.model, self.processor = build_model(cfg, acc.device)
         # fp32 master weights whatever the init folder holds (bf16 weights lose most lr-2e-5
         # updates to rounding); bf16 compute comes from autocast (precision: bf16)
         self.model.float()

@@ -63,9 +63,7 @@ class RocEvalReader(JsonListReader):
         return next((p for p in paths if os.path.exists(p)), paths[-1])
 
     def _parse(self, index: int, rec: dict) -> Sample:
-        from pycocotools import mask as mask_utils
-
-        from ..masks import segmentation_to_rle
+        from ..masks import ann_to_rle, rle_area
 
         h, w = as_int(rec.get("height"), "height"), as_int(rec.get("width"), "width")
         cats, anns = rec.get("categories") or [], rec.get("annotations") or []
@@ -77,16 +75,12 @@ class RocEvalReader(JsonListReader):
         for j, (cat, ann) in enumerate(zip(cats, anns)):
             seg = ann.get("segmentation")
             try:  # eval ids are object indices: a mask that cannot be read invalidates the record
-                if isinstance(seg, list):  # Osprey's annToMask: frPyObjects + merge
-                    rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-                    rle = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-                else:
-                    rle = segmentation_to_rle(seg, h, w)
+                rle = ann_to_rle(seg, h, w)  # Osprey: annToMask (polygons merged) or the RLE as is
             except Exception as e:  # pycocotools raises bare Exceptions
                 raise SkipRecord("bad mask", f"annotation {j}: {e}") from None
             if [int(v) for v in rle["size"]] != [h, w]:
                 raise SkipRecord("bad mask", f"annotation {j}: RLE size {rle['size']} != image size {[h, w]}")
-            if not mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}):
+            if not rle_area(rle):
                 self.stats.note("empty mask (kept, scored as Osprey)")
             objs.append(RegionObject(mask=rle, category=str(cat), extra={"ann_id": ann["id"]} if "id" in ann else {}))
         path = self._image_path(rec["file_name"])

@@ -37,7 +37,14 @@ class CocoCategoryReader(CocoImagesReader):
             name = self.coco.category_name(ann)
             if not name:
                 raise SkipObject("unknown category", f"category_id {ann.get('category_id')}")
-            return ann_to_object(ann, h, w, category=name)
+            try:
+                return ann_to_object(ann, h, w, category=name)
+            except SkipObject as e:
+                if e.reason != "degenerate box" or not ann.get("segmentation"):
+                    raise
+                # LISA reads PACO-LVIS masks with annToMask: the box plays no part
+                self.stats.note("degenerate box (mask kept, box dropped)")
+                return ann_to_object({k: v for k, v in ann.items() if k != "bbox"}, h, w, category=name)
 
         objs = image_objects(self.stats, self._where(index), self.coco.anns_by_image[img["id"]], build)
         path = coco_image_path(self.coco_root, img.get("file_name"), self.image_subdir, img.get("coco_url"))

@@ -58,12 +58,12 @@ def test_data_check_dataset_json_and_show(tmp_path, capsys):
                "--show", "2", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "paco_lvis [train]: 1 records, 1 objects, 1 skipped records" in text
-    assert "image not found" in text and "degenerate box" in text
+    assert "paco_lvis [train]: 1 records, 2 objects, 1 skipped records" in text
+    assert "image not found" in text and "degenerate box (mask kept, box dropped)" in text
     rep = json.loads(js.read_text())
     (e,) = rep["datasets"]
     assert e["records"] == 1 and e["skipped"] == {"image not found": 1}
-    assert e["skipped_objects"] == {"degenerate box": 1}
+    assert e["skipped_objects"] == {} and e["notes"] == {"degenerate box (mask kept, box dropped)": 1}
     (png,) = e["overlays"]
     im = Image.open(png)
     assert im.size[0] == 360 and im.size[1] > 30  # image centred over a legend strip >= 360 px wide

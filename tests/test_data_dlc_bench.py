@@ -44,3 +44,29 @@ def test_dlc_bench_release_folder(tmp_path):
         (s,) = list(r)
         assert s.image.path == str(rel / "images" / "objects365_v2_1.jpg") and s.objects[0].extra["qa"] == []
         assert r.stats.to_dict()["skipped_objects"] == {"annotation of an image not in the file": 1}
+
+
+def test_dlc_bench_masks_as_dam_anntomask(tmp_path):
+    """DAM reads each region with pycocotools' COCO.annToMask: polygons merged as given, a degenerate
+    box plays no part, an empty mask is still a region."""
+    import numpy as np
+    from pycocotools.coco import COCO
+
+    from fclm.data.masks import decode_rle
+
+    d = tmp_path / "dlc_bench"
+    coco = {"images": [{"id": 1, "file_name": "a.jpg", "height": 30, "width": 40}],
+            "categories": [{"id": 1, "name": "thing"}],
+            "annotations": [
+                {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 0, 0], "area": 1, "iscrowd": 0,
+                 "segmentation": [[1.5, 1.0, 20.7, 3.2, 9.9, 18.4], [25.0, 5.0, 35.0, 5.0, 30.0, 15.0]]},
+                {"id": 2, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "area": 0, "iscrowd": 0,
+                 "segmentation": [[50.0, 50.0, 51.0, 50.0, 51.0, 51.0]]}]}
+    write_json(str(d / "annotations.json"), coco)
+    write_json(str(d / "class_names.json"), {"1": "kite", "2": "ghost"})
+    r = load_dataset("dlc_bench", str(tmp_path))
+    (s,) = list(r)
+    ref = COCO(str(d / "annotations.json"))
+    for ob in s.objects:
+        np.testing.assert_array_equal(decode_rle(ob.mask), ref.annToMask(ref.anns[ob.extra["ann_id"]]).astype(bool))
+    assert r.stats.notes == {"empty mask (kept, as DAM)": 1} and s.objects[0].box is None

@@ -95,3 +95,32 @@ def test_gcg_eval(tmp_path):
     assert s.id == "img_a" and s.caption == "A boy with a kite."
     assert [(p.text, p.span) for p in s.phrases] == [("A boy", (0, 5)), ("a kite", (11, 17))]
     assert [rle_area(o.mask) for o in s.objects] == [25, 25]
+
+
+def test_gcg_eval_loader_scores_like_glamms_files(tmp_path):
+    """Through the loader (fclm eval) the GCG ground truth is GLaMM's: every mask (an empty one too)
+    and the caption GT's labels, even one not found in the caption; same numbers as reading the files."""
+    import numpy as np
+
+    from conftest import TableEncoder
+    from fclm.data.masks import encode_mask
+    from fclm.eval.score import score_predictions
+
+    d = tmp_path / "GranDf" / "annotations" / "val_test"
+    imgs = [{"id": "img_a", "file_name": "img_a.jpg", "height": H, "width": W}]
+    empty = encode_mask(np.zeros((H, W), np.uint8))
+    write_json(str(d / "val_gcg_coco_mask_gt.json"), {"images": imgs, "annotations": [
+        {"id": 1, "image_id": "img_a", "segmentation": _r(0, 0, 5, 5)},
+        {"id": 2, "image_id": "img_a", "segmentation": _r(5, 5, 10, 10)},
+        {"id": 3, "image_id": "img_a", "segmentation": empty}]})
+    write_json(str(d / "val_gcg_coco_caption_gt.json"), {"images": imgs, "annotations": [
+        {"id": 1, "image_id": "img_a", "caption": "A boy with a kite.", "labels": ["A boy", "a kite", "sky blue"]}]})
+    r = load_dataset("gcg_eval", str(tmp_path), "val")
+    (s,) = list(r)
+    assert len(s.objects) == 3 and r.stats.notes == {"empty mask (kept, scored as GLaMM)": 1}
+    enc = TableEncoder({"A boy": [1, 0, 0], "a kite": [0, 1, 0], "sky blue": [0, 0, 1], "boy": [1, 0.1, 0]})
+    pred = {"img_a": {"caption": "A boy", "phrases": ["boy", "a kite"], "masks": [_r(0, 0, 5, 5), _r(5, 5, 10, 9)]}}
+    via_loader = score_predictions("gcg", [s], pred, text_encoder=enc, captions=False)
+    via_files = score_predictions("gcg", str(d), pred, text_encoder=enc, captions=False, split="val")
+    assert via_loader["metrics"] == via_files["metrics"]
+    assert via_loader["counts"]["gt_phrases"] == 3

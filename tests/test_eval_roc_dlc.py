@@ -150,3 +150,17 @@ def test_inflect_version_outside_the_tested_range_is_refused(monkeypatch):
         dlc.recognition_question("wine glass")
     monkeypatch.setenv("FCLM_ALLOW_ANY_INFLECT", "1")
     assert dlc.recognition_question("dog")["question"].startswith("Is it likely that the object in the description is a dog")
+
+
+def test_load_dlc_bench_from_the_release_folder(tmp_path):
+    import json
+
+    from fclm.eval.score import load_ground_truth
+
+    ann = tmp_path / "DLC-bench" / "annotations"
+    ann.mkdir(parents=True)
+    (tmp_path / "DLC-bench" / "images").mkdir()
+    (ann / "qa.json").write_text(json.dumps({"7": [{"question": "Q?", "type": "positive", "choices": [["a", 1], ["b", -1]]}]}))
+    (ann / "class_names.json").write_text(json.dumps({"7": "lamp"}))
+    gt = load_ground_truth("dlc", str(tmp_path / "DLC-bench"))
+    assert gt.class_names == {"7": "lamp"} and list(gt.qa) == ["7"] and gt.source == str(ann)

@@ -126,3 +126,20 @@ def cv2_polygon_fill(canvas: np.ndarray, points, value: int) -> np.ndarray:
     cv2.polylines(canvas, pts, True, int(value), 1)
     cv2.fillPoly(canvas, pts, int(value))
     return canvas
+
+
+def ann_to_rle(seg, height: int, width: int) -> dict:
+    """A COCO ``segmentation`` as ``pycocotools.COCO.annToRLE`` reads it (DAM's ``annToMask``,
+    Osprey's): polygons ``frPyObjects`` + ``merge`` as given (no polygon dropped), uncompressed RLE
+    converted, compressed RLE as is. Empty masks are returned, not refused. ``str`` counts."""
+    if isinstance(seg, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+        rle = mask_utils.frPyObjects(seg, height, width)
+    elif isinstance(seg, dict) and "counts" in seg:
+        rle = seg
+    else:
+        raise FCLMDataError(f"unknown segmentation format: {type(seg).__name__}")
+    counts = rle["counts"]
+    return {"size": [int(v) for v in rle["size"]],
+            "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}

@@ -374,17 +374,24 @@ def _gcg_images_from_samples(samples: Iterable[Sample]):
     from ..data.masks import _norm_rle
     from .metrics.gcg import GCGImage, strip_tags
 
+    def rle(s, i):
+        if s.objects[i].mask is None:
+            raise FCLMDataError(f"GCG sample {s.id}: object {i} has no mask")
+        return _norm_rle(s.objects[i].mask)
+
     images = []
     for s in samples:
         for q in iter_queries(s, "gcg"):
+            if "labels" in s.extra:  # GLaMM's GT (gcg_eval): every mask, and its caption GT's labels
+                masks = [{"size": list(r["size"]), "counts": r["counts"]} for r in (rle(s, i) for i in range(len(s.objects)))]
+                images.append(GCGImage(id=q.id, captions=list(s.extra.get("captions") or [s.caption or ""]),
+                                       labels=list(s.extra["labels"]), masks=masks, height=s.height, width=s.width,
+                                       crowd=[int(o.extra.get("iscrowd", 0)) for o in s.objects]))
+                continue
             groups = [p.object_ids for p in s.phrases] if s.phrases else [[i] for i in range(len(s.objects))]
             masks = []
             for ids in groups:
-                rles = []
-                for i in ids:
-                    if s.objects[i].mask is None:
-                        raise FCLMDataError(f"GCG sample {s.id}: object {i} has no mask")
-                    rles.append(_norm_rle(s.objects[i].mask))
+                rles = [rle(s, i) for i in ids]
                 r = mask_utils.merge(rles) if len(rles) > 1 else rles[0]
                 masks.append({"size": list(r["size"]), "counts": r["counts"]})
             images.append(GCGImage(id=q.id, captions=[strip_tags(s.caption or "")],

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 
-from ..schema import ImageRef, Sample
+from ..masks import ann_to_rle, rle_area
+from ..schema import ImageRef, RegionObject, Sample
 from .base import IndexedReader, SkipObject, read_json
-from .coco import CocoFile, ann_to_object, image_objects
+from .coco import CocoFile, check_box, image_objects, xywh_to_xyxy
 
 
 class DlcBenchReader(IndexedReader):
@@ -47,7 +48,19 @@ class DlcBenchReader(IndexedReader):
             aid = str(ann.get("id"))
             if aid not in self.class_names:
                 raise SkipObject("no class name", f"ann_id {aid}")
-            ob = ann_to_object(ann, h, w, category=self.class_names[aid])
+            try:  # DAM: coco.annToMask(ann); the box plays no part
+                rle = ann_to_rle(ann.get("segmentation"), h, w)
+            except Exception as e:  # noqa: BLE001 - pycocotools raises bare Exceptions
+                raise SkipObject("bad mask", f"ann_id {aid}: {e}") from None
+            if not rle_area(rle):
+                self.stats.note("empty mask (kept, as DAM)")
+            box = None
+            if ann.get("bbox") is not None:
+                try:
+                    box = check_box(xywh_to_xyxy(ann["bbox"]), h, w)
+                except (SkipObject, TypeError, ValueError):
+                    box = None
+            ob = RegionObject(mask=rle, box=box, category=self.class_names[aid])
             ob.extra["ann_id"] = ann["id"]
             ob.extra["qa"] = self.qa.get(aid, [])
             return ob

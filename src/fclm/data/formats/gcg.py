@@ -20,6 +20,7 @@ import os
 
 from ..schema import ImageRef, Phrase, RegionObject, Sample
 from .base import IndexedReader, JsonListReader, SkipObject, SkipRecord, as_int, image_size_from_file, require
+from ..masks import rle_area, segmentation_to_rle
 from .coco import CocoFile, ann_to_object, merge_rles, seg_to_rle
 
 GCG_FILES = {
@@ -187,10 +188,12 @@ class GcgEvalReader(IndexedReader):
 
     def _load(self) -> list:
         self.masks = CocoFile(self.mask_file)
+        self.masks.count_into(self.stats)
         caps = CocoFile(self.caption_file)
         self.captions = {}
         for img_id, anns in caps.anns_by_image.items():
             self.captions[img_id] = anns[0]
+        self.all_captions = {img_id: [a.get("caption") for a in anns] for img_id, anns in caps.anns_by_image.items()}
         return self.masks.images
 
     def _parse(self, index: int, img: dict) -> Sample:
@@ -201,11 +204,17 @@ class GcgEvalReader(IndexedReader):
         anns = self.masks.anns_by_image.get(img["id"], [])
         objs = []
         for j, ann in enumerate(anns):
+            if "segmentation" not in ann:
+                continue  # GLaMM's evaluator skips these too
             try:  # metrics compare against every GT mask: a bad one invalidates the image
-                objs.append(RegionObject(mask=seg_to_rle(ann.get("segmentation"), h, w),
-                                         extra={"ann_id": ann["id"]} if "id" in ann else {}))
-            except SkipObject as e:
-                raise SkipRecord(e.reason, f"mask annotation {j}: {e.detail}") from None
+                rle = segmentation_to_rle(ann["segmentation"], h, w)
+            except Exception as e:  # noqa: BLE001 - pycocotools raises bare Exceptions
+                raise SkipRecord("bad mask", f"mask annotation {j}: {e}") from None
+            if rle_area(rle) == 0:  # GLaMM scores an empty GT mask too
+                self.stats.note("empty mask (kept, scored as GLaMM)")
+            extra = {"ann_id": ann["id"]} if "id" in ann else {}
+            extra["iscrowd"] = int(ann.get("iscrowd", 0) or 0)
+            objs.append(RegionObject(mask=rle, extra=extra))
         phrases = []
         labels = cap_ann.get("labels")
         if labels and len(labels) == len(objs):
@@ -223,4 +232,7 @@ class GcgEvalReader(IndexedReader):
         return sorted_sample(Sample(id=str(img["id"]), source=self.name,
                                     image=ImageRef(path=os.path.join(self.image_dir, img["file_name"])),
                                     height=h, width=w, objects=objs, split=self.split, caption=caption,
-                                    phrases=phrases, extra={"file_name": img["file_name"]}))
+                                    phrases=phrases,
+                                    # GLaMM's own GT lists: its recall uses these labels, its mIoU/AP every mask
+                                    extra={"file_name": img["file_name"], "labels": list(labels or []),
+                                           "captions": [c for c in self.all_captions.get(img["id"], []) if c]}))

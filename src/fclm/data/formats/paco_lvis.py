@@ -37,7 +37,14 @@ class CocoCategoryReader(CocoImagesReader):
             name = self.coco.category_name(ann)
             if not name:
                 raise SkipObject("unknown category", f"category_id {ann.get('category_id')}")
-            return ann_to_object(ann, h, w, category=name)
+            try:
+                return ann_to_object(ann, h, w, category=name)
+            except SkipObject as e:
+                if e.reason != "degenerate box" or not ann.get("segmentation"):
+                    raise
+                # LISA reads PACO-LVIS masks with annToMask: the box plays no part
+                self.stats.note("degenerate box (mask kept, box dropped)")
+                return ann_to_object({k: v for k, v in ann.items() if k != "bbox"}, h, w, category=name)
 
         objs = image_objects(self.stats, self._where(index), self.coco.anns_by_image[img["id"]], build)
         path = coco_image_path(self.coco_root, img.get("file_name"), self.image_subdir, img.get("coco_url"))
@@ -63,9 +70,7 @@ class RocEvalReader(JsonListReader):
         return next((p for p in paths if os.path.exists(p)), paths[-1])
 
     def _parse(self, index: int, rec: dict) -> Sample:
-        from pycocotools import mask as mask_utils
-
-        from ..masks import segmentation_to_rle
+        from ..masks import ann_to_rle, rle_area
 
         h, w = as_int(rec.get("height"), "height"), as_int(rec.get("width"), "width")
         cats, anns = rec.get("categories") or [], rec.get("annotations") or []
@@ -77,16 +82,12 @@ class RocEvalReader(JsonListReader):
         for j, (cat, ann) in enumerate(zip(cats, anns)):
             seg = ann.get("segmentation")
             try:  # eval ids are object indices: a mask that cannot be read invalidates the record
-                if isinstance(seg, list):  # Osprey's annToMask: frPyObjects + merge
-                    rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-                    rle = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-                else:
-                    rle = segmentation_to_rle(seg, h, w)
+                rle = ann_to_rle(seg, h, w)  # Osprey: annToMask (polygons merged) or the RLE as is
             except Exception as e:  # pycocotools raises bare Exceptions
                 raise SkipRecord("bad mask", f"annotation {j}: {e}") from None
             if [int(v) for v in rle["size"]] != [h, w]:
                 raise SkipRecord("bad mask", f"annotation {j}: RLE size {rle['size']} != image size {[h, w]}")
-            if not mask_utils.area({"size": rle["size"], "counts": rle["counts"].encode("ascii")}):
+            if not rle_area(rle):
                 self.stats.note("empty mask (kept, scored as Osprey)")
             objs.append(RegionObject(mask=rle, category=str(cat), extra={"ann_id": ann["id"]} if "id" in ann else {}))
         path = self._image_path(rec["file_name"])

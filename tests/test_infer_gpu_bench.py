@@ -13,8 +13,9 @@ def test_gpu_infer_tiny(tmp_path):
     assert gpu_infer.main(["--tiny", "--regions", "1", "2", "--out", str(out)]) == 0
     s = json.loads(out.read_text())
     for b in ("batch_1", "batch_4"):
-        assert set(s["decode_ms_per_token"][b]) == {"ours", "plain_generate"}
+        assert set(s["decode_ms_per_token"][b]) == {"ours", "ours_static_cache", "plain_generate"}
     assert s["vision_encoder_ms"]["ours"] > 0 and s["vision_encoder_ms"]["transformers_per_window"] > 0
     assert s["sam_crop_ms"]["regions"] == 4 and s["sam_crop_ms"]["ours"] > 0
     assert [r["regions"] for r in s["dlc_regions_per_s"]] == [1, 2]
     assert all(r["same_text"] for r in s["dlc_regions_per_s"])  # ours and plain generate agree
+    assert all(r["static_cache_same_text"] for r in s["dlc_regions_per_s"])

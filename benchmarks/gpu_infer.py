@@ -1,22 +1,22 @@
-"""Inference throughput: naive per-region decoding vs the batched path, and RES latency.
+"""Inference goals of issue 12, each beside plain transformers on the same model in the same run.
 
-Default: random-weight FCLM-3B (``random_preset("fclm-3b")``, bf16, no download) on the GPU with a
-1024-px image. ``--tiny``: the tiny test model on the CPU (float32, 224-px model input), to check
-the script in well under a minute.
+Default: random-weight FCLM-3B (``random_preset("fclm-3b")``, bf16, no download) on one GPU,
+≤ 5 minutes on an H100. ``--tiny``: the tiny test model on the CPU (float32, small sizes) to check
+the script in about a minute. Prints a JSON summary (``--out`` also writes it).
 
-Measured, per regions-per-image count N in ``--regions`` (default 1, 8, 32):
+Measured (goals on one H100, FCLM-3B bf16, in brackets):
 
-* ROC: the ROC prompt, at most 8 new tokens (greedy; end-of-turn ignored so every row decodes 8);
-* DLC: the DLC prompt, exactly 64 new tokens (end-of-turn ignored);
-* ``naive``: one region per call through the same decode loop (vision encoder, full prompt prefill
-  and decoding per region, batch 1 — how LISA/GLaMM/Osprey-style inference processes regions),
-  timed on ``min(N, --naive-max)`` regions and reported as regions/s;
-* ``batched``: all N regions in one call (vision encoder once, shared prefix prefill once, N
-  suffixes, one batched decode loop with a KV cache);
-* RES: teacher-forced grounding latency per query, one query per call and 8 queries of one image in
-  one call (per-query figure), masks decoded at the original size.
-
-Prints a JSON summary (and writes it to ``--out`` when given).
+* ``decode_ms_per_token`` at batch 1 and 32 [≤ 4 ms]: ours = ``run_batch`` rows of one image
+  (shared prefix, batched decode; ``ours_static_cache``: ``static_cache=True``, image prefix KV
+  kept once, fixed-shape steps); plain = ``model.generate`` on the processor's padded batch.
+  Per-token time is the difference of two runs with T₂ and T₁ new tokens over T₂ − T₁
+  (end-of-turn ignored), so prefill and the vision encoder cancel out;
+* ``vision_encoder_ms`` at 1008² [≤ 25 ms]: ours (every window of a block in one SDPA call) vs
+  transformers' per-window loop;
+* ``sam_crop_ms`` for 32 regions: ours (pyramid crops with tensor ops on the device, batched SAM
+  encoder in chunks of ``crop_batch``) vs one PIL crop and one SAM call per region;
+* ``dlc_regions_per_s`` at 1, 8, 32 regions per image with 128-token captions [≥ 40 at 32]:
+  ``FCLMPipeline.describe`` vs ``model.generate`` on the processor's batch of the same rows.
 
     python benchmarks/gpu_infer.py            # GPU, FCLM-3B random weights
     python benchmarks/gpu_infer.py --tiny     # CPU check
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
 
@@ -39,27 +40,31 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def timed(fn, device, repeats: int = 1) -> tuple[float, object]:
+    """Median wall time of ``repeats`` calls (device synchronised) and the last result."""
+    ts, out = [], None
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        out = fn()
+        sync(device)
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts), out
+
+
 def make_scene(n: int, side: int, seed: int = 0):
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     img = Image.fromarray((rng.random((side, side, 3)) * 255).astype(np.uint8))
-    yy, xx = np.mgrid[:side, :side]
+    yy, xx = np.ogrid[:side, :side]
     masks = []
     for i in range(n):
         cx, cy = rng.uniform(0.15, 0.85, 2) * side
-        rx, ry = rng.uniform(0.04, 0.12, 2) * side
+        rx, ry = rng.uniform(0.04, 0.15, 2) * side
         m = (((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1) if i % 2 else ((abs(xx - cx) <= rx) & (abs(yy - cy) <= ry))
-        masks.append(m)
+        masks.append(np.ascontiguousarray(m))
     return img, masks
-
-
-def timed(fn, device):
-    sync(device)
-    t = time.perf_counter()
-    out = fn()
-    sync(device)
-    return time.perf_counter() - t, out
 
 
 def main(argv=None) -> int:
@@ -67,29 +72,31 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny model on the CPU (script check)")
     ap.add_argument("--preset", default="fclm-3b", choices=["fclm-3b", "fclm-7b"])
     ap.add_argument("--device", default=None)
-    ap.add_argument("--image-size", type=int, default=None, help="square image side (default 1024; --tiny: 224)")
-    ap.add_argument("--regions", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--naive-max", type=int, default=4, help="regions timed on the naive path per N")
-    ap.add_argument("--dlc-tokens", type=int, default=64)
-    ap.add_argument("--roc-tokens", type=int, default=8)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["roc", "dlc", "res", "naive"])
+    ap.add_argument("--image-size", type=int, default=None, help="square image side (default 1008; --tiny: 224)")
+    ap.add_argument("--regions", type=int, nargs="+", default=None, help="DLC regions per image (default 1 8 32)")
+    ap.add_argument("--caption-tokens", type=int, default=None, help="DLC new tokens (default 128; --tiny: 8)")
+    ap.add_argument("--decode-tokens", type=int, nargs=2, default=None, metavar=("T1", "T2"),
+                    help="new-token counts differenced for ms/token (default 16 80; --tiny: 2 6)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats per figure (median; default 3, --tiny 1)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["decode", "vision", "sam", "dlc", "plain"])
     ap.add_argument("--out", help="also write the JSON summary here")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; --tiny: 1)")
     args = ap.parse_args(argv)
 
     import torch
 
-    if args.threads or args.tiny:  # the tiny model's matmuls are too small to gain from threads
-        torch.set_num_threads(args.threads or 1)
-
     from fclm.infer import FCLMPipeline
+    from fclm.infer.decoding import GenerationOptions, Request, run_batch
+    from fclm.infer.pipeline import PROMPTS
     from fclm.model.builders import build_tiny, random_preset
 
     if args.tiny:
+        torch.set_num_threads(1)  # the tiny model's matmuls are too small to gain from threads
         device = args.device or "cpu"
         model, proc = build_tiny(None, seed=0)
         model.to(device)
-        side = args.image_size or 224
+        side, regions, cap_tokens, (t1, t2), reps = (args.image_size or 224, args.regions or [1, 2, 4],
+                                                     args.caption_tokens or 8, args.decode_tokens or (2, 6),
+                                                     args.repeats or 1)
         what = "tiny random FCLM, float32"
     else:
         device = args.device or ("cuda" if torch.cuda.is_available() else None)
@@ -99,46 +106,113 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         model, proc = random_preset(args.preset, dtype=torch.bfloat16, device=device)
         print(f"built {args.preset} in {time.perf_counter() - t:.1f}s", file=sys.stderr)
-        side = args.image_size or 1024
+        side, regions, cap_tokens, (t1, t2), reps = (args.image_size or 1008, args.regions or [1, 8, 32],
+                                                     args.caption_tokens or 128, args.decode_tokens or (16, 80),
+                                                     args.repeats or 3)
         what = f"random-weight {args.preset.upper()}, bfloat16"
-    pipe = FCLMPipeline(model.eval(), proc)
-    img, masks = make_scene(max(args.regions), side)
-    summary = {"model": what, "device": str(torch.cuda.get_device_name(0) if torch.device(device).type == "cuda"
-                                            else platform.processor() or "cpu"),
-               "image": [side, side], "torch": torch.__version__}
+    model.eval()
+    from fclm.model.processing_fclm import _image_processor
+
+    proc.image_long_side = side  # the vision encoder sees the image at its own size (1008² → 72×72 patches)
+    proc.image_processor = _image_processor(side, proc.patch_size, proc.merge_size)
+    pipe = FCLMPipeline(model, proc)
+    n_max = max(regions + [32 if not args.tiny else 4])
+    img, masks = make_scene(n_max, side)
+    dev_name = torch.cuda.get_device_name(0) if torch.device(device).type == "cuda" else (platform.processor() or "cpu")
+    summary = {"model": what, "device": dev_name, "image": [side, side], "torch": torch.__version__,
+               "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    plain = "plain" not in args.skip
+    stops = {proc.im_end_id, proc.pad_id}
+
+    def ours(n, tokens, static=False):
+        reqs = [Request(img, PROMPTS["dlc"], [m], image_key="img") for m in masks[:n]]
+        return run_batch(model, proc, reqs, GenerationOptions(max_new_tokens=tokens, ignore_eos=True,
+                                                              static_cache=static))
+
+    def ours_static(n, tokens):
+        return ours(n, tokens, static=True)
+
+    def hf(n, tokens):
+        inputs = proc(images=img, text=[PROMPTS["dlc"]] * n, regions=[[m] for m in masks[:n]]).to(device)
+        inputs["region_masks"] = [m.to(device) for m in inputs["region_masks"]]
+        with torch.inference_mode():
+            return model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
 
     # warm-up (kernels, allocator)
-    pipe.describe(img, masks[:2], max_new_tokens=4, ignore_eos=True)
-    pipe.segment(img, "the red circle", teacher_forced=True)
+    ours(2, 2)
+    if plain:
+        hf(1, 2)
 
-    for task, prompt_kw, new in (("roc", {"detailed": None}, args.roc_tokens), ("dlc", {"detailed": True}, args.dlc_tokens)):
-        if task in args.skip:
-            continue
+    if "decode" not in args.skip:
+        res = {}
+        for b in (1, 32 if not args.tiny else 4):
+            row = {}
+            for name, fn in (("ours", ours), ("ours_static_cache", ours_static), ("plain_generate", hf)):
+                if name == "plain_generate" and not plain:
+                    continue
+                a, _ = timed(lambda: fn(b, t1), device, reps)
+                c, _ = timed(lambda: fn(b, t2), device, reps)
+                row[name] = round((c - a) / (t2 - t1) * 1000, 3)
+            res[f"batch_{b}"] = row
+            print(json.dumps({"decode_ms_per_token": {f"batch_{b}": row}}), file=sys.stderr)
+        summary["decode_ms_per_token"] = res
+
+    if "vision" not in args.skip:
+        enc = proc.image_processor(images=[img], return_tensors="pt")
+        pv, grid = enc["pixel_values"].to(device, model.dtype), enc["image_grid_thw"].to(device)
+        with torch.inference_mode():
+            t_ours, _ = timed(lambda: model.encode_images(pv, grid), device, reps)
+            t_loop, _ = timed(lambda: model.model.get_image_features(pv, grid), device, reps)
+        summary["vision_encoder_ms"] = {"grid_thw": grid[0].tolist(), "ours": round(t_ours * 1000, 2),
+                                        "transformers_per_window": round(t_loop * 1000, 2)}
+        print(json.dumps({"vision_encoder_ms": summary["vision_encoder_ms"]}), file=sys.stderr)
+
+    if "sam" not in args.skip:
+        from fclm.model.mask_decoding import sam_image_embeddings
+        from fclm.model.processing_fclm import CropSource, region_crop, region_crops
+
+        n = 32 if not args.tiny else 4
+        S = proc.sam_image_size
+
+        def sam_ours():
+            src = CropSource(img, S, device)
+            tm = [torch.from_numpy(m).to(device) for m in masks[:n]]
+            crops, _ = region_crops(src, tm, proc.crop_margin)
+            step = 8
+            return [sam_image_embeddings(model.sam, crops[i: i + step]) for i in range(0, n, step)]
+
+        def sam_per_region():
+            out = []
+            for m in masks[:n]:
+                c, _ = region_crop(img, m, S, proc.crop_margin)
+                out.append(sam_image_embeddings(model.sam, torch.from_numpy(c)[None].to(device)))
+            return out
+
+        with torch.inference_mode():
+            t_ours, _ = timed(sam_ours, device, reps)
+            t_loop, _ = timed(sam_per_region, device, reps)
+        summary["sam_crop_ms"] = {"regions": n, "crop_size": S, "ours": round(t_ours * 1000, 1),
+                                  "per_region_calls": round(t_loop * 1000, 1)}
+        print(json.dumps({"sam_crop_ms": summary["sam_crop_ms"]}), file=sys.stderr)
+
+    if "dlc" not in args.skip:
         rows = []
-        for n in args.regions:
-            gen = dict(max_new_tokens=new, ignore_eos=True)
-            run = (lambda ms: pipe.classify_many([(img, ms)], **gen)) if task == "roc" else \
-                  (lambda ms: pipe.describe(img, ms, **gen))
-            tb, _ = timed(lambda: run(masks[:n]), device)
-            row = {"regions": n, "new_tokens": new, "batched_s": round(tb, 3), "batched_regions_per_s": round(n / tb, 2)}
-            if "naive" not in args.skip:
-                k = min(n, args.naive_max)
-                tn, _ = timed(lambda: [run([m]) for m in masks[:k]], device)
-                row.update(naive_regions_timed=k, naive_s_per_region=round(tn / k, 3),
-                           naive_regions_per_s=round(k / tn, 2), speedup=round((n / tb) / (k / tn), 2))
+        for n in regions:
+            t_ours, res = timed(lambda: pipe.describe(img, masks[:n], max_new_tokens=cap_tokens, ignore_eos=True),
+                                device, reps)
+            t_st, res_st = timed(lambda: pipe.describe(img, masks[:n], max_new_tokens=cap_tokens, ignore_eos=True,
+                                                       static_cache=True), device, reps)
+            row = {"regions": n, "new_tokens": cap_tokens, "ours_s": round(t_ours, 3),
+                   "ours_regions_per_s": round(n / t_ours, 2), "ours_static_cache_regions_per_s": round(n / t_st, 2),
+                   "static_cache_same_text": [r.raw for r in res] == [r.raw for r in res_st]}
+            if plain:
+                t_hf, out = timed(lambda: hf(n, cap_tokens), device, reps)
+                row.update(plain_generate_s=round(t_hf, 3), plain_generate_regions_per_s=round(n / t_hf, 2),
+                           speedup=round(t_hf / t_ours, 2))
+                row["same_text"] = [r.raw for r in res] == proc.batch_decode(out, out.shape[1] - cap_tokens)
             rows.append(row)
-            print(json.dumps({task: row}), file=sys.stderr)
-        summary[task] = rows
-
-    if "res" not in args.skip:
-        exprs = ["the red circle", "the blue square on the left", "a small green triangle", "the striped object",
-                 "the largest thing", "the object at the top", "the yellow star", "the purple ring"]
-        t1, _ = timed(lambda: [pipe.segment(img, e, teacher_forced=True) for e in exprs[:4]], device)
-        q = [(img, pipe.build_segment_prompt(e), "Sure, [SEG].") for e in exprs]
-        t8, res = timed(lambda: pipe.run_grounding(q), device)
-        assert all(len(r.masks) == 1 and r.masks[0].shape == (side, side) for r in res)
-        summary["res_teacher_forced"] = {"latency_s_one_query_per_call": round(t1 / 4, 4),
-                                         "latency_s_per_query_8_per_call": round(t8 / 8, 4)}
+            print(json.dumps({"dlc": row}), file=sys.stderr)
+        summary["dlc_regions_per_s"] = rows
     if torch.device(device).type == "cuda":
         summary["peak_gpu_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     text = json.dumps(summary, indent=2)

@@ -195,3 +195,73 @@ def test_generated_seg_state_is_captured(lively, scene):
     with torch.no_grad():
         ref = model(**batch, decode_seg=False)
     torch.testing.assert_close(c.seg_states, ref.seg_queries, atol=1e-4, rtol=1e-4)
+
+
+def _mixed_requests(scene):
+    img, masks = scene
+    s2 = make_sample(h=120, w=80, seed=3)
+    img2 = s2.image.open()
+    m2 = np.zeros((120, 80), bool)
+    m2[10:50, 10:60] = True
+    dlc = "Can you provide me with a detailed description of the region in the picture marked by <region>?"
+    return [Request(img, ROC, [masks[0]]), Request(img2, dlc, [m2]),
+            Request(img, "What is the red circle in this image? Please output segmentation mask."),
+            Request(img2, ROC, [m2]),
+            Request(img, "What is <region> in this image? Please output segmentation mask.", [masks[2]],
+                    answer="Sure, [SEG]. It is [SEG]."),
+            Request(img, ROC, [masks[1]])]
+
+
+@pytest.mark.parametrize("kw", [dict(max_new_tokens=10), dict(max_new_tokens=10, ignore_eos=True),
+                                dict(max_new_tokens=10, min_new_tokens=7), dict(max_new_tokens=10, share_prefix=False),
+                                dict(max_new_tokens=0)])
+def test_static_cache_equals_default_path(lively, scene, kw, monkeypatch):
+    """Static KV cache with the image prefix kept once: same tokens, finish reasons and [SEG] states."""
+    from fclm.infer import static_decode
+
+    model, proc = lively
+    reqs = _mixed_requests(scene)
+    made = []
+    init = static_decode.SharedPrefixCache.__init__
+
+    def spy(self, *a, **k):
+        init(self, *a, **k)
+        made.append(self)
+
+    monkeypatch.setattr(static_decode.SharedPrefixCache, "__init__", spy)
+    ref = run_batch(model, proc, reqs, GenerationOptions(**kw))
+    got = run_batch(model, proc, reqs, GenerationOptions(static_cache=True, stop_check_every=3, **kw))
+    assert [c.token_ids for c in got] == [c.token_ids for c in ref]
+    assert [c.finish_reason for c in got] == [c.finish_reason for c in ref]
+    for a, b in zip(got, ref):
+        assert (a.seg_states is None) == (b.seg_states is None)
+        if a.seg_states is not None:
+            torch.testing.assert_close(a.seg_states, b.seg_states, atol=1e-4, rtol=1e-4)
+    # the shared prefix is stored once per image (2 images), not once per row (6 rows)
+    assert len(made) == 1 and made[0].prefix_k[0].shape[0] == 2 and made[0].k[0].shape[0] == len(reqs)
+    if kw.get("share_prefix", True):
+        assert bool(made[0].prefix_valid.any())
+
+
+def test_static_cache_generated_seg_and_sampling(lively, scene):
+    model, proc = lively
+    img, masks = scene
+    seg = model.config.seg_token_id
+    user = "What is the red circle in this image? Please output segmentation mask."
+    head = model.lm_head
+    outs = []
+    for static in (False, True):
+        model._modules["lm_head"] = _ForceSeg(head, seg, 1)
+        try:
+            outs.append(run_batch(model, proc, [Request(img, user), Request(img, ROC, [masks[0]])],
+                                  GenerationOptions(max_new_tokens=2, ignore_eos=True, static_cache=static)))
+        finally:
+            model._modules["lm_head"] = head
+    a, b = outs
+    assert b[0].token_ids[1] == seg and [c.token_ids for c in a] == [c.token_ids for c in b]
+    torch.testing.assert_close(b[0].seg_states, a[0].seg_states, atol=1e-4, rtol=1e-4)
+    assert len(b[0].masks) == 1
+    reqs = [Request(img, ROC, [m]) for m in masks[:2]]
+    o = GenerationOptions(max_new_tokens=8, do_sample=True, temperature=1.5, top_p=0.9, top_k=50, seed=7,
+                          static_cache=True)
+    assert [c.token_ids for c in run_batch(model, proc, reqs, o)] == [c.token_ids for c in run_batch(model, proc, reqs, o)]

@@ -57,6 +57,8 @@ class GenerationOptions:
     ignore_eos: bool = False  # never stop on end-of-turn tokens (benchmarks: fixed-length decoding)
     share_prefix: bool = True  # prefill each image's common prompt prefix once
     crop_batch: int = 8  # regions per SAM crop-encoder call (local aggregation)
+    static_cache: bool = False  # fixed-shape decode, image prefix KV kept once (fclm.infer.static_decode)
+    stop_check_every: int = 8  # static_cache: steps between host-side stop checks
 
     @classmethod
     def from_kwargs(cls, base: "GenerationOptions | None" = None, **kw) -> "GenerationOptions":
@@ -206,6 +208,167 @@ def _prune(cache, keep: torch.Tensor) -> None:
             layer.values = layer.values.index_select(0, keep)
 
 
+def _suffix_batch(row_emb, row_pos, prefix_len, suffix_len, dev):
+    """Left-padded suffix embeddings ``(B, S, d)`` and positions ``(3, B, S)``."""
+    B, S_max = len(row_emb), max(suffix_len)
+    d = row_emb[0].shape[-1]
+    suf_emb = row_emb[0].new_zeros(B, S_max, d)
+    suf_pos = torch.ones(3, B, S_max, dtype=torch.long, device=dev)
+    for r in range(B):
+        p, s = prefix_len[r], suffix_len[r]
+        suf_emb[r, S_max - s:] = row_emb[r][p:]
+        suf_pos[:, r, S_max - s:] = row_pos[r][:, p:]
+    return suf_emb, suf_pos
+
+
+def _prompt_seg_states(hidden, row_ids, prefix_len, suffix_len, seg_id, dev):
+    """States at the ``[SEG]`` tokens of each row's (teacher-forced) prompt suffix."""
+    S_max = hidden.shape[1]
+    out = []
+    for r in range(len(row_ids)):
+        ids = torch.tensor(row_ids[r][prefix_len[r]:], device=dev)
+        cols = torch.nonzero(ids == seg_id)[:, 0] + (S_max - suffix_len[r])
+        out.append(list(hidden[r, cols]))
+    return out
+
+
+def _generator(opts, dev):
+    if opts.do_sample and opts.seed is not None:
+        return torch.Generator(device=dev).manual_seed(int(opts.seed))
+    return None
+
+
+def _decode_static(model, opts, requests, row_ids, row_emb, row_pos, row_img, prefix_len, suffix_len, prefix_kv,
+                   groups, processor, dev):
+    from .static_decode import decode_static
+
+    cfg = model.config
+    suf_emb, suf_pos = _suffix_batch(row_emb, row_pos, prefix_len, suffix_len, dev)
+    alive = [r for r in range(len(requests)) if requests[r].answer is None and opts.max_new_tokens > 0]
+    hidden, gen, finish, new_seg = decode_static(
+        model, opts, prefix_kv, groups, row_img, prefix_len, (suf_emb, suf_pos, suffix_len), alive,
+        _stop_ids(processor), cfg.seg_token_id, _generator(opts, dev), max(1, int(opts.stop_check_every)))
+    seg_states = _prompt_seg_states(hidden, row_ids, prefix_len, suffix_len, cfg.seg_token_id, dev)
+    for r in range(len(requests)):
+        seg_states[r] += new_seg[r]
+        if requests[r].answer is not None:
+            finish[r] = "teacher_forced"
+        elif r not in alive:
+            finish[r] = "length"
+    return gen, finish, seg_states
+
+
+def _decode_dynamic(model, opts, requests, row_ids, row_emb, row_pos, prefix_len, suffix_len, prefix_kv, groups,
+                    n_layers, processor, dev):
+    """Suffix prefill and decode with a ``DynamicCache`` (prefix KV copied into every row)."""
+    from transformers import DynamicCache
+
+    cfg = model.config
+    B = len(requests)
+    P_max, S_max = max(prefix_len), max(suffix_len)
+    emb_layer = model.get_input_embeddings()
+    cache = DynamicCache(config=cfg)
+    if P_max:
+        kv0 = next(iter(prefix_kv.values()))
+        data = []
+        for li in range(n_layers):
+            k0, v0 = kv0[li]
+            K = k0.new_zeros(B, k0.shape[1], P_max, k0.shape[3])
+            V = v0.new_zeros(B, v0.shape[1], P_max, v0.shape[3])
+            for u, rows in groups.items():
+                if u not in prefix_kv:
+                    continue
+                kg, vg = prefix_kv[u][li]
+                idx = torch.tensor(rows, device=dev)
+                P = kg.shape[2]
+                K[idx, :, P_max - P:] = kg.expand(len(rows), -1, -1, -1)
+                V[idx, :, P_max - P:] = vg.expand(len(rows), -1, -1, -1)
+            data.append((K, V))
+        cache = DynamicCache(data, config=cfg)
+
+    suf_emb, suf_pos = _suffix_batch(row_emb, row_pos, prefix_len, suffix_len, dev)
+    attn = torch.zeros(B, P_max + S_max, dtype=torch.long, device=dev)
+    for r in range(B):
+        p, s = prefix_len[r], suffix_len[r]
+        attn[r, P_max - p: P_max] = 1
+        attn[r, P_max + S_max - s:] = 1
+    out = model.run_language_model(suf_emb, attn, suf_pos, cache=cache, use_cache=True)
+    hidden = out.last_hidden_state
+    del suf_emb
+
+    seg_states = _prompt_seg_states(hidden, row_ids, prefix_len, suffix_len, cfg.seg_token_id, dev)
+
+    # 3. decode
+    gen: list[list[int]] = [[] for _ in range(B)]
+    finish = ["teacher_forced" if rq.answer is not None else "" for rq in requests]
+    alive = [r for r in range(B) if requests[r].answer is None and opts.max_new_tokens > 0]
+    for r in range(B):
+        if requests[r].answer is None and opts.max_new_tokens <= 0:
+            finish[r] = "length"
+    stop_ids = _stop_ids(processor)
+    stop_t = torch.tensor(sorted(stop_ids), device=dev)
+    next_pos = torch.stack([p.max() + 1 for p in row_pos])  # (B,)
+    generator = _generator(opts, dev)
+    if alive:
+        keep = torch.tensor(alive, device=dev)
+        logits = model.lm_head(hidden[keep, -1]).float()
+        if len(alive) < B:
+            _prune(cache, keep)
+            attn = attn[keep]
+        next_pos = next_pos[keep]
+    del hidden, out
+    padded = None
+    while alive:
+        n_gen = len(gen[alive[0]])
+        if opts.ignore_eos or n_gen < opts.min_new_tokens:
+            logits[:, stop_t] = float("-inf")
+        tokens = _sample(logits, opts, generator).tolist()
+        feed, cont = [], []
+        for k, (r, t) in enumerate(zip(alive, tokens)):
+            if t in stop_ids and not opts.ignore_eos and n_gen >= opts.min_new_tokens:
+                finish[r] = "eos"
+                continue
+            gen[r].append(t)
+            if len(gen[r]) >= opts.max_new_tokens:
+                finish[r] = "length"
+            elif opts.stop_strings and _cut_at_stop(processor.decode(gen[r]), opts.stop_strings)[1]:
+                finish[r] = "stop_string"
+            if not finish[r] or t == cfg.seg_token_id:  # a final [SEG] is fed once more for its state
+                feed.append(k)
+                cont.append(not finish[r])
+        if not feed:
+            break
+        n_before = len(alive)
+        if len(feed) < len(alive):
+            keep = torch.tensor(feed, device=dev)
+            _prune(cache, keep)
+            attn, next_pos = attn[keep], next_pos[keep]
+            alive = [alive[k] for k in feed]
+            tokens = [tokens[k] for k in feed]
+        tok_t = torch.tensor(tokens, device=dev)
+        attn = torch.cat([attn, attn.new_ones(len(alive), 1)], 1)
+        if padded is None or len(feed) < n_before:
+            padded = bool((attn == 0).any())  # no padding left: plain causal attention, no mask to build
+        pos = next_pos.view(1, -1, 1).expand(3, -1, 1)
+        out = model.run_language_model(emb_layer(tok_t)[:, None], attn if padded else None, pos, cache=cache,
+                                       use_cache=True)
+        next_pos = next_pos + 1
+        h = out.last_hidden_state[:, -1]
+        for k, r in enumerate(alive):
+            if tokens[k] == cfg.seg_token_id:
+                seg_states[r].append(h[k])
+        if not all(cont):
+            keep = torch.tensor([k for k, c in enumerate(cont) if c], device=dev)
+            alive = [r for r, c in zip(alive, cont) if c]
+            if not alive:
+                break
+            _prune(cache, keep)
+            attn, next_pos, h = attn[keep], next_pos[keep], h[keep]
+        logits = model.lm_head(h).float()
+    del cache
+    return gen, finish, seg_states
+
+
 # ------------------------------------------------------------------ the batch
 @torch.inference_mode()
 def run_batch(model, processor, requests: list[Request], options: GenerationOptions | None = None,
@@ -315,117 +478,13 @@ def run_batch(model, processor, requests: list[Request], options: GenerationOpti
     suffix_len = [len(ids) - p for ids, p in zip(row_ids, prefix_len)]
     S_max = max(suffix_len)
 
-    cache = DynamicCache(config=cfg)
-    if P_max:
-        kv0 = next(iter(prefix_kv.values()))
-        data = []
-        for li in range(n_layers):
-            k0, v0 = kv0[li]
-            K = k0.new_zeros(B, k0.shape[1], P_max, k0.shape[3])
-            V = v0.new_zeros(B, v0.shape[1], P_max, v0.shape[3])
-            for u, rows in groups.items():
-                if u not in prefix_kv:
-                    continue
-                kg, vg = prefix_kv[u][li]
-                idx = torch.tensor(rows, device=dev)
-                P = kg.shape[2]
-                K[idx, :, P_max - P:] = kg.expand(len(rows), -1, -1, -1)
-                V[idx, :, P_max - P:] = vg.expand(len(rows), -1, -1, -1)
-            data.append((K, V))
-        del prefix_kv
-        cache = DynamicCache(data, config=cfg)
-
-    d = row_emb[0].shape[-1]
-    suf_emb = row_emb[0].new_zeros(B, S_max, d)
-    suf_pos = torch.ones(3, B, S_max, dtype=torch.long, device=dev)
-    attn = torch.zeros(B, P_max + S_max, dtype=torch.long, device=dev)
-    for r in range(B):
-        p, s = prefix_len[r], suffix_len[r]
-        suf_emb[r, S_max - s:] = row_emb[r][p:]
-        suf_pos[:, r, S_max - s:] = row_pos[r][:, p:]
-        attn[r, P_max - p: P_max] = 1
-        attn[r, P_max + S_max - s:] = 1
-    out = model.run_language_model(suf_emb, attn, suf_pos, cache=cache, use_cache=True)
-    hidden = out.last_hidden_state
-    del row_emb, suf_emb
-
-    seg_states: list[list[torch.Tensor]] = [[] for _ in range(B)]
-    for r in range(B):
-        s = suffix_len[r]
-        ids = torch.tensor(row_ids[r][prefix_len[r]:], device=dev)
-        cols = torch.nonzero(ids == cfg.seg_token_id)[:, 0] + (S_max - s)
-        seg_states[r].extend(hidden[r, cols])
-
-    # 3. decode
-    gen: list[list[int]] = [[] for _ in range(B)]
-    finish = ["teacher_forced" if rq.answer is not None else "" for rq in requests]
-    alive = [r for r in range(B) if requests[r].answer is None and opts.max_new_tokens > 0]
-    for r in range(B):
-        if requests[r].answer is None and opts.max_new_tokens <= 0:
-            finish[r] = "length"
-    stop_ids = _stop_ids(processor)
-    stop_t = torch.tensor(sorted(stop_ids), device=dev)
-    next_pos = torch.stack([p.max() + 1 for p in row_pos])  # (B,)
-    generator = None
-    if opts.do_sample and opts.seed is not None:
-        generator = torch.Generator(device=dev).manual_seed(int(opts.seed))
-    if alive:
-        keep = torch.tensor(alive, device=dev)
-        logits = model.lm_head(hidden[keep, -1]).float()
-        if len(alive) < B:
-            _prune(cache, keep)
-            attn = attn[keep]
-        next_pos = next_pos[keep]
-    del hidden, out
-    padded = None
-    while alive:
-        n_gen = len(gen[alive[0]])
-        if opts.ignore_eos or n_gen < opts.min_new_tokens:
-            logits[:, stop_t] = float("-inf")
-        tokens = _sample(logits, opts, generator).tolist()
-        feed, cont = [], []
-        for k, (r, t) in enumerate(zip(alive, tokens)):
-            if t in stop_ids and not opts.ignore_eos and n_gen >= opts.min_new_tokens:
-                finish[r] = "eos"
-                continue
-            gen[r].append(t)
-            if len(gen[r]) >= opts.max_new_tokens:
-                finish[r] = "length"
-            elif opts.stop_strings and _cut_at_stop(processor.decode(gen[r]), opts.stop_strings)[1]:
-                finish[r] = "stop_string"
-            if not finish[r] or t == cfg.seg_token_id:  # a final [SEG] is fed once more for its state
-                feed.append(k)
-                cont.append(not finish[r])
-        if not feed:
-            break
-        n_before = len(alive)
-        if len(feed) < len(alive):
-            keep = torch.tensor(feed, device=dev)
-            _prune(cache, keep)
-            attn, next_pos = attn[keep], next_pos[keep]
-            alive = [alive[k] for k in feed]
-            tokens = [tokens[k] for k in feed]
-        tok_t = torch.tensor(tokens, device=dev)
-        attn = torch.cat([attn, attn.new_ones(len(alive), 1)], 1)
-        if padded is None or len(feed) < n_before:
-            padded = bool((attn == 0).any())  # no padding left: plain causal attention, no mask to build
-        pos = next_pos.view(1, -1, 1).expand(3, -1, 1)
-        out = model.run_language_model(emb_layer(tok_t)[:, None], attn if padded else None, pos, cache=cache,
-                                       use_cache=True)
-        next_pos = next_pos + 1
-        h = out.last_hidden_state[:, -1]
-        for k, r in enumerate(alive):
-            if tokens[k] == cfg.seg_token_id:
-                seg_states[r].append(h[k])
-        if not all(cont):
-            keep = torch.tensor([k for k, c in enumerate(cont) if c], device=dev)
-            alive = [r for r, c in zip(alive, cont) if c]
-            if not alive:
-                break
-            _prune(cache, keep)
-            attn, next_pos, h = attn[keep], next_pos[keep], h[keep]
-        logits = model.lm_head(h).float()
-    del cache
+    if opts.static_cache and not opts.stop_strings:
+        gen, finish, seg_states = _decode_static(model, opts, requests, row_ids, row_emb, row_pos, row_img,
+                                                 prefix_len, suffix_len, prefix_kv, groups, processor, dev)
+    else:
+        gen, finish, seg_states = _decode_dynamic(model, opts, requests, row_ids, row_emb, row_pos, prefix_len,
+                                                  suffix_len, prefix_kv, groups, n_layers, processor, dev)
+    del row_emb, prefix_kv
 
     # 4. results and masks
     results = []

@@ -121,19 +121,16 @@ def _quiet_progress() -> None:
         disable_progress_bars()
 
 
-def _show_input_warnings(prog: str) -> None:
-    """Input warnings (e.g. an inverted-looking mask) as ``fclm CMD: warning: ...`` lines."""
-    import warnings
-
-    default = warnings.showwarning
-
+def _input_warnings_shower(prog: str, default):
+    """``warnings.showwarning`` that prints input warnings (e.g. an inverted-looking mask) as
+    ``fclm CMD: warning: ...`` lines and passes the others to ``default``."""
     def show(message, category, filename, lineno, file=None, line=None):
         if category.__name__ == "FCLMInputWarning":
             print(f"{prog}: warning: {message}", file=sys.stderr)
         else:
             default(message, category, filename, lineno, file, line)
 
-    warnings.showwarning = show
+    return show
 
 
 def _one_line(e: BaseException) -> str:
@@ -173,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "no_progress", False):
         _quiet_progress()
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    _show_input_warnings(prog)
+    import warnings
+
+    shown = warnings.showwarning
+    warnings.showwarning = _input_warnings_shower(prog, shown)
     try:
         if getattr(args, "check", None) is not None:  # argument checks that need no model (before torch)
             args.check(args)
@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: unexpected {type(e).__name__}: {_one_line(e)[:300]} "
               f"(rerun with {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        warnings.showwarning = shown
     return int(rc or 0)
 
 

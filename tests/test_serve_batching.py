@@ -89,6 +89,18 @@ def test_a_failing_request_does_not_fail_its_batch():
     assert ("k", ["x", "boom", "y"]) in rec.batches  # it was tried together first
 
 
+def test_cancelled_jobs_are_dropped_without_harming_the_batch():
+    rec, b, _ = held_batcher(("k", "first"), max_batch_size=8)
+    try:
+        keep, gone, keep2 = b.submit("k", "x"), b.submit("k", "gone"), b.submit("k", "y")
+        assert gone.cancel()  # the client left while its job waited
+        rec.gate.set()
+        assert keep.result(10) == "k:x" and keep2.result(10) == "k:y"
+    finally:
+        b.close()
+    assert ("k", ["x", "y"]) in rec.batches and all("gone" not in p for _, p in rec.batches)
+
+
 def test_queue_full_is_429_and_close_answers_waiting_jobs():
     rec, b, running = held_batcher(("k", 0), max_batch_size=1, max_queue=3)
     waiting = [b.submit("k", 1), b.submit("k", 2)]

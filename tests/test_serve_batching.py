@@ -25,13 +25,19 @@ class Recorder:
         return [f"{key}:{p}" for p in payloads]
 
 
-def test_concurrent_jobs_share_a_batch_and_keys_stay_apart():
+def held_batcher(first, **kw):
+    """A batcher whose worker is held (``rec.gate`` clear) on a first job, so later jobs queue up."""
     rec = Recorder()
-    rec.gate.clear()  # hold the worker on the first batch so the rest queue up
-    b = Batcher(rec, max_batch_size=4, max_wait_ms=0, max_queue=100)
+    rec.gate.clear()
+    b = Batcher(rec, max_wait_ms=0, **kw)
+    fut = b.submit(*first)
+    time.sleep(0.1)
+    return rec, b, fut
+
+
+def test_concurrent_jobs_share_a_batch_and_keys_stay_apart():
+    rec, b, first = held_batcher(("a", 0), max_batch_size=4, max_queue=100)
     try:
-        first = b.submit("a", 0)
-        time.sleep(0.1)
         futs = [b.submit("a" if i % 2 else "b", i) for i in range(1, 11)]
         rec.gate.set()
         assert first.result(10) == "a:0"
@@ -46,12 +52,8 @@ def test_concurrent_jobs_share_a_batch_and_keys_stay_apart():
 
 
 def test_rows_count_against_the_batch_size():
-    rec = Recorder()
-    rec.gate.clear()
-    b = Batcher(rec, max_batch_size=5, max_wait_ms=0)
+    rec, b, _ = held_batcher(("k", "x"), max_batch_size=5)
     try:
-        b.submit("k", "x")
-        time.sleep(0.1)
         futs = [b.submit("k", i, rows=3) for i in range(3)]
         rec.gate.set()
         [f.result(10) for f in futs]
@@ -74,12 +76,8 @@ def test_max_wait_gathers_requests_that_arrive_later():
 
 
 def test_a_failing_request_does_not_fail_its_batch():
-    rec = Recorder()
-    rec.gate.clear()
-    b = Batcher(rec, max_batch_size=8, max_wait_ms=0)
+    rec, b, _ = held_batcher(("k", "first"), max_batch_size=8)
     try:
-        b.submit("k", "first")
-        time.sleep(0.1)
         good1, bad, good2 = b.submit("k", "x"), b.submit("k", "boom"), b.submit("k", "y")
         rec.gate.set()
         assert good1.result(10) == "k:x" and good2.result(10) == "k:y"
@@ -91,12 +89,20 @@ def test_a_failing_request_does_not_fail_its_batch():
     assert ("k", ["x", "boom", "y"]) in rec.batches  # it was tried together first
 
 
+def test_cancelled_jobs_are_dropped_without_harming_the_batch():
+    rec, b, _ = held_batcher(("k", "first"), max_batch_size=8)
+    try:
+        keep, gone, keep2 = b.submit("k", "x"), b.submit("k", "gone"), b.submit("k", "y")
+        assert gone.cancel()  # the client left while its job waited
+        rec.gate.set()
+        assert keep.result(10) == "k:x" and keep2.result(10) == "k:y"
+    finally:
+        b.close()
+    assert ("k", ["x", "y"]) in rec.batches and all("gone" not in p for _, p in rec.batches)
+
+
 def test_queue_full_is_429_and_close_answers_waiting_jobs():
-    rec = Recorder()
-    rec.gate.clear()
-    b = Batcher(rec, max_batch_size=1, max_wait_ms=0, max_queue=3)
-    running = b.submit("k", 0)
-    time.sleep(0.1)
+    rec, b, running = held_batcher(("k", 0), max_batch_size=1, max_queue=3)
     waiting = [b.submit("k", 1), b.submit("k", 2)]
     with pytest.raises(APIError) as e:
         b.submit("k", 3)

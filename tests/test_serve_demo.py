@@ -3,7 +3,6 @@
 Loads the page, uploads an image, selects a region (point, box, paint), runs describe / segment /
 grounded caption and checks the texts (against the pipeline's own answers) and the overlay image.
 Skipped, with the reason, where Chromium, its driver or Selenium is missing (``.ci/run`` installs them).
-Set ``FCLM_DEMO_SCREENSHOT=docs/img/demo.png`` to save a screenshot of the page after the run.
 """
 import base64
 import io
@@ -160,6 +159,3 @@ def test_demo_in_headless_chromium(server, browser, pipe, tmp_path):
     ov = np.asarray(Image.open(io.BytesIO(base64.b64decode(overlay.split(",", 1)[1]))).convert("RGB"))
     assert ov.shape == (96, 128, 3)
     assert [e for e in d.get_log("browser") if e["level"] == "SEVERE"] == []
-    shot = os.environ.get("FCLM_DEMO_SCREENSHOT")
-    if shot:
-        d.save_screenshot(shot)

@@ -7,7 +7,8 @@ oldest one arrived for more to come. While a batch runs, new requests queue up a
 batch, so under load batches fill without any waiting.
 
 A batch that raises is re-run one request at a time, so a bad request only fails itself. The queue
-holds at most ``max_queue`` requests (waiting + running); one more is refused (429) at once.
+holds at most ``max_queue`` requests (waiting + running); one more is refused (429) at once. A job
+whose future was cancelled before its batch started (the client left) is dropped.
 """
 from __future__ import annotations
 
@@ -83,7 +84,8 @@ class Batcher:
             self._pending.clear()
             self._cond.notify_all()
         for j in left:
-            j.future.set_exception(APIError(503, "shutting_down", "the server is shutting down"))
+            if j.future.set_running_or_notify_cancel():
+                j.future.set_exception(APIError(503, "shutting_down", "the server is shutting down"))
         self._thread.join(timeout)
 
     # ------------------------------------------------------------ worker side
@@ -110,6 +112,8 @@ class Batcher:
                 self._cond.wait(left)
             for j in batch:
                 self._pending.remove(j)
+            # a client that gave up (disconnect, timeout) cancelled its future: drop its job
+            batch = [j for j in batch if j.future.set_running_or_notify_cancel()]
             self._running = len(batch)
             return batch
 
@@ -141,6 +145,8 @@ class Batcher:
             batch = self._take()
             if batch is None:
                 return
+            if not batch:
+                continue
             rows = sum(j.rows for j in batch)
             self.stats["batches"] += 1
             self.stats["jobs"] += len(batch)

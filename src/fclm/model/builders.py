@@ -221,8 +221,9 @@ def build_from_pretrained(llm: str, sam: str, dtype=torch.bfloat16, **config_ove
     return model, processor
 
 
-def save_fclm(model, processor: FCLMProcessor, out_dir: str) -> None:
-    """Save model (safetensors) and processor to one folder, atomically (temp folder + rename)."""
+def save_fclm(model, processor: FCLMProcessor, out_dir: str, state_dict: dict | None = None) -> None:
+    """Save model (safetensors) and processor to one folder, atomically (temp folder + rename);
+    ``state_dict``: the weights to write instead of the model's own (e.g. gathered from shards)."""
     import shutil
     import tempfile
 
@@ -231,7 +232,7 @@ def save_fclm(model, processor: FCLMProcessor, out_dir: str) -> None:
     tmp = tempfile.mkdtemp(prefix=".fclm-save-", dir=parent)
     set_generation_config(model, processor)
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         processor.save_pretrained(tmp)
         if os.path.exists(out_dir):
             old = out_dir.rstrip("/") + ".old"

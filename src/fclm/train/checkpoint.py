@@ -52,30 +52,11 @@ def consolidated_state_dict(acc, model, dtype: torch.dtype | None = None) -> dic
             for k, v in sd.items() if k not in tied}
 
 
-def save_model_folder(model, processor, state_dict: dict, out_dir: str) -> None:
-    """HF folder (config + safetensors + processor) from a consolidated state dict, atomically."""
-    parent = os.path.dirname(os.path.abspath(out_dir)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".fclm-save-", dir=parent)
-    try:
-        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-        processor.save_pretrained(tmp)
-        if os.path.exists(out_dir):
-            old = out_dir.rstrip("/") + ".old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_checkpoint(acc, output_dir: str, step: int, model, processor, scheduler, state: dict,
                     keep: int = 2, dtype: torch.dtype | None = None) -> str:
     """Collective: every process calls it at the same step."""
+    from ..model.builders import save_fclm
+
     root = os.path.join(output_dir, CKPT_DIR)
     final = os.path.join(root, f"step-{step:06d}")
     tmp = os.path.join(root, f".tmp-step-{step:06d}")
@@ -88,7 +69,7 @@ def save_checkpoint(acc, output_dir: str, step: int, model, processor, scheduler
     sd = consolidated_state_dict(acc, model, dtype)
     if acc.is_main_process:
         try:
-            save_model_folder(acc.unwrap_model(model), processor, sd, os.path.join(tmp, "model"))
+            save_fclm(acc.unwrap_model(model), processor, os.path.join(tmp, "model"), state_dict=sd)
             torch.save(scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
             with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
                 json.dump({**state, "step": step}, f, indent=2)

@@ -15,8 +15,7 @@ import time
 
 import torch
 
-from .checkpoint import (check_resumable, consolidated_state_dict, find_checkpoint, load_training_state,
-                         save_checkpoint, save_model_folder)
+from .checkpoint import check_resumable, consolidated_state_dict, find_checkpoint, load_training_state, save_checkpoint
 from .config import TrainConfig, to_dict
 from .data import TrainingStream
 from .dataset import SKIPPED_KEY, default_num_workers, micro_batch_loader
@@ -228,7 +227,9 @@ class Trainer:
         final = os.path.join(cfg.output_dir, "final")
         sd = consolidated_state_dict(acc, self.model, _DTYPES[cfg.save_dtype])
         if acc.is_main_process:
-            save_model_folder(self.unwrapped, self.processor, sd, final)
+            from ..model.builders import save_fclm
+
+            save_fclm(self.unwrapped, self.processor, final, state_dict=sd)
             if logf:
                 logf.close()
             if tb is not None:

@@ -118,3 +118,27 @@ def test_reasonseg_cv2_rasterisation_and_draw_order(tmp_path):
     assert (s.height, s.width) == (h, w) and s.questions[0].text == "a question"
     np.testing.assert_array_equal(decode_rle(s.objects[0].mask), ref == 1)
     np.testing.assert_array_equal(decode_rle(s.ignore_mask), ref == 255)
+
+
+def test_reasonseg_exif_orientation_as_cv2(tmp_path):
+    """cv2.imread (LISA) turns a JPEG by its EXIF orientation and LISA draws the mask on that size;
+    the loader's image and mask agree with it."""
+    import cv2
+    from PIL import Image
+
+    d = tmp_path / "reason_seg" / "ReasonSeg" / "val"
+    d.mkdir(parents=True)
+    raw = np.zeros((20, 40, 3), np.uint8)  # stored 40 wide x 20 high
+    raw[:, :10] = 255  # a white band on the stored left side
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise when displayed
+    Image.fromarray(raw).save(d / "r.jpg", exif=exif.tobytes(), quality=100)
+    shapes = [_shape("target", 2, 3, 12, 30)]
+    write_json(str(d / "r.json"), {"text": ["q"], "is_sentence": False, "shapes": shapes})
+    ref = cv2.cvtColor(cv2.imread(str(d / "r.jpg")), cv2.COLOR_BGR2RGB)
+    assert ref.shape[:2] == (40, 20)  # cv2 really turned it
+    (s,) = list(load_dataset("reasonseg", str(tmp_path), "val"))
+    assert (s.height, s.width) == ref.shape[:2]
+    img = np.asarray(s.image.open())
+    assert img.shape == ref.shape and np.abs(img.astype(int) - ref.astype(int)).max() <= 8  # JPEG decoders differ by a few levels
+    np.testing.assert_array_equal(decode_rle(s.objects[0].mask), _lisa_reference(shapes, *ref.shape[:2]) == 1)

@@ -111,6 +111,10 @@ def _check_image(sample, images: dict) -> None:
             with Image.open(ref.path if ref.path is not None else io.BytesIO(ref.data or b"")) as im:
                 im.load()
                 size = im.size
+                if ref.exif_transpose:  # the loader reads it turned (ReasonSeg, as cv2.imread)
+                    from PIL import ImageOps
+
+                    size = ImageOps.exif_transpose(im).size
     except FileNotFoundError:
         problem("missing", where)
         return

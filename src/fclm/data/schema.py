@@ -38,6 +38,8 @@ class ImageRef:
     data: bytes | None = None
     array: np.ndarray | None = None  # HxWx3 uint8
     name: str | None = None  # what error messages call it (shard member, URL, ...)
+    # turn the pixels as the file's EXIF orientation says (cv2.imread does; LabelMe annotates so)
+    exif_transpose: bool = False
 
     def describe(self) -> str:
         return self.name or self.path or ("<bytes>" if self.data is not None else "<array>")
@@ -61,6 +63,10 @@ class ImageRef:
                     raise FCLMDataError(
                         f"image {self.describe()} has {w}x{h} = {w * h} pixels, above the limit of {max_pixels}"
                     )
+                if self.exif_transpose:
+                    from PIL import ImageOps
+
+                    im = ImageOps.exif_transpose(im)
                 return im.convert("RGB")
         except FCLMDataError:
             raise

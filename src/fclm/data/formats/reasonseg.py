@@ -48,6 +48,16 @@ def labelme_mask(shapes: list[dict], height: int, width: int) -> np.ndarray:
     return mask
 
 
+def _exif_orientation(path: str) -> int:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return int(im.getexif().get(0x0112, 1) or 1)
+    except (OSError, ValueError, TypeError):
+        return 1
+
+
 class ReasonSegReader(IndexedReader):
     def __init__(self, name: str, root: str, split: str = "train", *, data_dir: str | None = None,
                  check_images: bool = False):
@@ -75,8 +85,12 @@ class ReasonSegReader(IndexedReader):
         require(isinstance(anno, dict), "malformed record", f"{js}: not a JSON object")
         texts = [t.strip() for t in anno.get("text") or [] if isinstance(t, str)]
         require(bool(texts), "no query text")
-        image = ImageRef(path=jpg)
-        h, w = image_size_from_file(jpg)  # LISA draws on the image's own size, not imageHeight/Width
+        # LISA reads the image with cv2.imread, which applies the EXIF orientation (as LabelMe does
+        # when the polygons are drawn), and draws the mask on that image's size, not imageHeight/Width
+        image = ImageRef(path=jpg, exif_transpose=True)
+        h, w = image_size_from_file(jpg)
+        if _exif_orientation(jpg) in (5, 6, 7, 8):  # a quarter turn: width and height swap
+            h, w = w, h
         mask = labelme_mask(anno.get("shapes") or [], h, w)
         target = mask == 1
         if not target.any():  # LISA keeps it: an empty prediction scores IoU 1, any other 0

@@ -265,3 +265,29 @@ def test_static_cache_generated_seg_and_sampling(lively, scene):
     o = GenerationOptions(max_new_tokens=8, do_sample=True, temperature=1.5, top_p=0.9, top_k=50, seed=7,
                           static_cache=True)
     assert [c.token_ids for c in run_batch(model, proc, reqs, o)] == [c.token_ids for c in run_batch(model, proc, reqs, o)]
+
+
+def test_static_decode_step_is_one_graph(tiny):
+    """The static-cache step traces as one graph with no breaks (capturable by torch.compile)."""
+    import torch._dynamo as dynamo
+
+    from fclm.infer import static_decode as sd
+
+    model, _, _ = tiny
+    cfg = model.config.text_config
+    B, S, T, P = 3, 4, 9, 5
+    hk, D = cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
+    L = cfg.num_hidden_layers
+    g = torch.Generator().manual_seed(0)
+    pk = [torch.randn(2, hk, P, D, generator=g) for _ in range(L)]
+    cache = sd.SharedPrefixCache(pk, pk, torch.ones(2, P, dtype=torch.bool), torch.tensor([0, 1, 0]), B, T)
+    valid = torch.zeros(B, T, dtype=torch.bool)
+    valid[:, : S + 1] = True
+    step = sd.make_step(model.model.language_model, cache, valid)
+    emb = torch.randn(B, 1, cfg.hidden_size, generator=g)
+    pos = torch.full((3, B, 1), 11)
+    with torch.inference_mode(), sd.use_shared_prefix_attention(model.config):
+        eager = step(emb, pos, torch.tensor([S]))
+        explained = dynamo.explain(step)(emb, pos, torch.tensor([S]))
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+    assert torch.isfinite(eager).all() and eager.shape == (B, 1, cfg.hidden_size)

@@ -1,15 +1,14 @@
 """Hugging Face-native use (issue 12): Auto classes, processor(images=, text=, regions=), generate."""
-import copy
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 
 from conftest import make_sample
 from fclm.data.masks import decode_rle
 from fclm.infer.decoding import GenerationOptions, Request, run_batch
+from test_infer_decoding import _ForceSeg  # lm_head wrapper forcing [SEG] at one step
 
 ROC = "What is the category of <region>? Using only one word or phrase."
 DLC = "Can you provide me with a detailed description of the region in the picture marked by <region>?"
@@ -77,25 +76,6 @@ def test_generate_equals_pipeline_greedy_with_and_without_regions_padded(hf, sce
     # one row alone (no padding) gives the same tokens as in the batch
     one = proc(images=img, text=texts[1], regions=regions[1])
     assert _new_tokens(model.generate(**one, max_new_tokens=10), one, stops) == [got[1]]
-
-
-class _ForceSeg(torch.nn.Module):
-    """lm_head wrapper: the ``at``-th call's last position predicts [SEG]."""
-
-    def __init__(self, head, seg_id, at):
-        super().__init__()
-        self.head, self.seg_id, self.at, self.calls = head, seg_id, at, 0
-
-    def forward(self, x):
-        out = self.head(x)
-        if self.calls == self.at:
-            out = out.clone()
-            if out.ndim == 3:  # generate: (B, L, V)
-                out[:, -1, self.seg_id] = 1e4
-            else:  # run_batch: (B, V)
-                out[:, self.seg_id] = 1e4
-        self.calls += 1
-        return out
 
 
 def test_seg_masks_reachable_from_generate_output(hf, scene):

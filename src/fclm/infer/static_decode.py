@@ -85,7 +85,7 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
 
 
 @contextmanager
-def _text_attention(config):
+def use_shared_prefix_attention(config):
     from transformers import AttentionInterface
 
     AttentionInterface.register(SHARED_PREFIX_ATTENTION, shared_prefix_attention)
@@ -96,6 +96,26 @@ def _text_attention(config):
         yield
     finally:
         tc._attn_implementation = current
+
+
+def make_step(lm, cache: SharedPrefixCache, valid: torch.Tensor):
+    """One language-model call over the static cache: ``step(emb (B, L, d), pos (3, B, L), write (L,))``
+    → last hidden states ``(B, L, d)``. ``write`` holds the row-buffer columns of the L inputs;
+    ``valid (B, T)`` the columns that hold real tokens. Fixed shapes for a fixed L: one graph for
+    ``torch.compile`` (no graph breaks; tested with ``torch._dynamo.explain``)."""
+    cols = torch.arange(valid.shape[1], device=valid.device)
+
+    def step(emb, pos, write):
+        cache.write = write
+        causal = cols[None, None, None, :] <= write.view(1, 1, -1, 1)
+        # a query always sees itself: a left-padding query of a row without a prefix would otherwise
+        # see nothing (softmax of -inf → NaN states whose K/V then poison other rows through 0·NaN)
+        mask = (valid[:, None, None, :] & causal) | (cols[None, None, None, :] == write.view(1, 1, -1, 1))
+        out = lm(inputs_embeds=emb, attention_mask={"full_attention": mask}, position_ids=pos, cache=cache,
+                 use_cache=True, shared_prefix=cache)
+        return out.last_hidden_state
+
+    return step
 
 
 def decode_static(model, opts, prefix_kv: dict, groups: dict, row_img: list[int], prefix_len: list[int],
@@ -138,24 +158,15 @@ def decode_static(model, opts, prefix_kv: dict, groups: dict, row_img: list[int]
     valid = torch.zeros(B, T, dtype=torch.bool, device=dev)
     for r, s in enumerate(suffix_len):
         valid[r, S - s: S] = True
-    cols = torch.arange(T, device=dev)
     lm = model.model.language_model
 
-    def step(emb, pos, write):
-        cache.write = write
-        causal = cols[None, None, None, :] <= write.view(1, 1, -1, 1)
-        # a query always sees itself: a left-padding query of a row without a prefix would otherwise
-        # see nothing (softmax of -inf → NaN states whose K/V then poison other rows through 0·NaN)
-        mask = (valid[:, None, None, :] & causal) | (cols[None, None, None, :] == write.view(1, 1, -1, 1))
-        out = lm(inputs_embeds=emb, attention_mask={"full_attention": mask}, position_ids=pos, cache=cache,
-                 use_cache=True, shared_prefix=cache)
-        return out.last_hidden_state
+    step = make_step(lm, cache, valid)
 
     emb_layer = model.get_input_embeddings()
     gen_mask = torch.zeros(B, dtype=torch.bool, device=dev)
     gen_mask[generate_rows] = True
     stop_t = torch.tensor(sorted(stop_ids), device=dev)
-    with _text_attention(cfg):
+    with use_shared_prefix_attention(cfg):
         hidden = step(suf_emb, suf_pos, torch.arange(S, device=dev))
         if not n_new:
             return hidden, [[] for _ in range(B)], [""] * B, [[] for _ in range(B)]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 
 import numpy as np
 import pytest
@@ -246,12 +245,12 @@ def test_config_validation():
     assert generate_scenes(1, "train", 0, image_size=96)[0].width == 96
 
 
-def test_speed():
-    generate_scenes(5, "train", seed=9)
-    t = time.perf_counter()
-    generate_scenes(200, "train", seed=9)
-    rate = 200 / (time.perf_counter() - t)
-    assert rate > 100, f"{rate:.0f} scenes/s"  # ~500/s on an idle 2-core machine; loose for busy CI
+def test_many_scenes_distinct():
+    """200 scenes (the quickstart draws thousands): distinct ids and images. Speed is measured in
+    docs/benchmarks.md, never asserted (shared machines make wall-clock assertions flaky)."""
+    scenes = generate_scenes(200, "train", seed=9)
+    assert len({s.id for s in scenes}) == 200
+    assert len({np.asarray(s.image.open()).tobytes() for s in scenes}) == 200
 
 
 def test_preview(tmp_path):

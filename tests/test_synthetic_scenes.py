@@ -245,6 +245,14 @@ def test_config_validation():
     assert generate_scenes(1, "train", 0, image_size=96)[0].width == 96
 
 
+def test_many_scenes_distinct():
+    """200 scenes (the quickstart draws thousands): distinct ids and images. Speed is measured in
+    docs/benchmarks.md, never asserted (shared machines make wall-clock assertions flaky)."""
+    scenes = generate_scenes(200, "train", seed=9)
+    assert len({s.id for s in scenes}) == 200
+    assert len({np.asarray(s.image.open()).tobytes() for s in scenes}) == 200
+
+
 def test_preview(tmp_path):
     from PIL import Image
 

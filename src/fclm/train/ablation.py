@@ -97,7 +97,7 @@ def markdown_table(agg: list[dict]) -> str:
 
 
 def plot_ablation(rows: list[dict], agg: list[dict], out_png: str) -> str:
-    """One panel per metric: each variant's mean with a ±1 std bar and its seeds as dots."""
+    """One panel per metric: each variant's mean with a ±1 std bar and its seeds as red dots."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,7 +113,7 @@ def plot_ablation(rows: list[dict], agg: list[dict], out_png: str) -> str:
         ax.bar(range(len(agg)), means, yerr=errs, capsize=3, color=["C0", "C1", "C2", "C7"][: len(agg)])
         for i, a in enumerate(agg):
             pts = [r[key] for r in rows if r["L_self"] == a["L_self"] and r["L_latent"] == a["L_latent"] and key in r]
-            ax.plot([i] * len(pts), pts, "k.", ms=4)
+            ax.plot([i + 0.22] * len(pts), pts, "o", color="crimson", ms=3)  # each seed, beside its bar
         ax.set_xticks(range(len(agg)), labels, fontsize=7)
         ax.set_title(f"{t} {k}", fontsize=9)
     fig.tight_layout()

@@ -188,7 +188,10 @@ def test_fclm_score_judge_timeout(tmp_path, capsys):
                 "--judge-model", "m", "--judge-retries", "0", "--judge-workers", "1", "--judge-timeout", "0.5"]
         assert main(argv) == 2
         assert "fclm score: error:" in capsys.readouterr().err
-        assert main(argv[:-1] + ["0"]) == 2
-        assert "--judge-timeout must be > 0" in capsys.readouterr().err
+        with pytest.raises(SystemExit) as e:  # refused while parsing, before any request
+            main(argv[:-1] + ["0"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fclm score: error: argument --judge-timeout: must be more than 0") and "Traceback" not in err
     finally:
         silent.close()

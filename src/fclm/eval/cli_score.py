@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from ..cli_args import positive_float, positive_int
+from ..cli_args import nonnegative_int, positive_float, positive_int
 from .queries import TASKS
 
 EPILOG = """\
@@ -57,7 +57,7 @@ def register(subparsers) -> None:
     j.add_argument("--judge-model", help="judge model name (reference: meta-llama/Meta-Llama-3.1-8B-Instruct)")
     j.add_argument("--judge-cache", help="reply cache file (default: <out>.judge_cache.jsonl when --out is given)")
     j.add_argument("--judge-workers", type=positive_int, default=8, help="concurrent judge requests (default 8)")
-    j.add_argument("--judge-retries", type=positive_int, default=5, help="retries per request (default 5)")
+    j.add_argument("--judge-retries", type=nonnegative_int, default=5, help="retries per request (default 5)")
     j.add_argument("--judge-timeout", type=positive_float, default=120.0,
                    help="seconds to wait for one judge reply before retrying (default 120)")
     j.add_argument("--default-prediction", help="DLC: description used for regions missing from --pred")
@@ -65,9 +65,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    if args.judge_timeout is not None and args.judge_timeout <= 0:
-        print(f"fclm score: error: --judge-timeout must be > 0, got {args.judge_timeout}", file=sys.stderr)
-        return 2
     from .judge import JudgeError
     from .metrics.text_sim import SentenceModelError
     from .score import read_predictions, score_predictions

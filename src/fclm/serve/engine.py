@@ -101,7 +101,7 @@ def to_json(req: ParsedRequest, result: Any) -> dict:
     if req.return_overlay:
         from ..infer.visualize import draw_result
 
-        out["overlay_png"] = _png_b64(draw_result(req.image, result, req.regions))
+        out["overlay_png"] = _png_b64(draw_result(req.image, result, req.regions, legend=False))  # the client shows the legend
         if req.task in ("describe", "classify"):
             out["colors"] = [list(color(i)) for i in range(len(result))]
         elif req.task == "ground":

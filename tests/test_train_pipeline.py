@@ -41,7 +41,10 @@ def test_dataloader_gives_the_in_process_micro_batches(stream):
     for rank in (0, 1):
         # the in-process path of the trainer before the DataLoader: micro_batch(step, m, rank, world)
         want = [st.micro_batch(s, m, rank, 2) for s in range(cfg.steps) for m in range(cfg.grad_accum)]
+        rng = torch.get_rng_state()
         got = list(micro_batch_loader(st, cfg.steps, cfg.grad_accum, rank, 2, num_workers=2))
+        # the global torch RNG (target subsampling in the model, restored on resume) is not touched
+        assert torch.equal(rng, torch.get_rng_state())
         assert [b.pop(SKIPPED_KEY) for b in got] == [0] * len(want)
         assert len(got) == len(want) == cfg.steps * cfg.grad_accum
         assert all(_equal(w, g) for w, g in zip(want, got))

@@ -41,7 +41,7 @@ class DataSection:
     sources: list[SourceSection] = field(default_factory=list)
     synthetic: dict[str, Any] = field(default_factory=dict)  # {num_scenes, seed, image_size, ...}
     pair_stage2: bool = False  # each region → one DLC + one DL-RES example (latent pairs)
-    num_workers: int | None = None  # DataLoader worker processes per rank (None: one per spare core, ≤ 4)
+    num_workers: int | None = None  # DataLoader worker processes per rank (None: GPU one per spare core ≤ 4, CPU 0)
 
 
 @dataclass

@@ -39,8 +39,11 @@ def _identity(batch):
     return batch
 
 
-def default_num_workers(world_local: int = 1) -> int:
-    """One worker per spare core of this process's share of the machine, at most 4; 1 on 2 cores."""
+def default_num_workers(world_local: int = 1, on_gpu: bool = True) -> int:
+    """On a GPU: one worker per spare core of this process's share of the machine, at most 4. On
+    the CPU none: the training step itself uses every core, and a worker only competes with it."""
+    if not on_gpu:
+        return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(0, min(4, cores // max(1, world_local) - 1))
 
@@ -50,7 +53,10 @@ def micro_batch_loader(stream: TrainingStream, steps: int, grad_accum: int, rank
     """Micro-batches ``start_step · grad_accum …`` of this rank, in order."""
     ds = RankMicroBatches(stream, steps, grad_accum, rank, world)
     order = range(start_step * grad_accum, steps * grad_accum)
+    # its own generator: an iterator draws its base seed from it, not from the global torch RNG that
+    # the model's target subsampling uses (a resumed run restores that RNG; the draw would shift it)
     return DataLoader(ds, batch_size=None, sampler=order, num_workers=num_workers, collate_fn=_identity,
+                      generator=torch.Generator().manual_seed(0),
                       pin_memory=pin_memory, prefetch_factor=2 if num_workers else None,
                       multiprocessing_context="fork" if num_workers and hasattr(os, "fork") else None,
                       worker_init_fn=_worker_init if num_workers else None)

@@ -118,7 +118,8 @@ class Trainer:
         world = acc.num_processes
         self.stream = TrainingStream(cfg, self.processor, cfg.steps * cfg.global_batch_per_process * world)
         workers = cfg.data.num_workers
-        self.num_workers = default_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if workers is None else workers
+        self.num_workers = (default_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), acc.device.type != "cpu")
+                            if workers is None else workers)
         self.progress = progress
         self.log_path = os.path.join(cfg.output_dir, "log.jsonl")
 

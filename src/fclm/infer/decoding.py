@@ -59,6 +59,7 @@ class GenerationOptions:
     crop_batch: int = 8  # regions per SAM crop-encoder call (local aggregation)
     static_cache: bool = False  # fixed-shape decode, image prefix KV kept once (fclm.infer.static_decode)
     stop_check_every: int = 8  # static_cache: steps between host-side stop checks
+    compile_step: bool = False  # static_cache: decode steps through torch.compile(fullgraph=True)
 
     @classmethod
     def from_kwargs(cls, base: "GenerationOptions | None" = None, **kw) -> "GenerationOptions":

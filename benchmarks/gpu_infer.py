@@ -20,6 +20,7 @@ Measured (goals on one H100, FCLM-3B bf16, in brackets):
 
     python benchmarks/gpu_infer.py            # GPU, FCLM-3B random weights
     python benchmarks/gpu_infer.py --tiny     # CPU check
+    python benchmarks/gpu_infer.py --compile  # also torch.compile'd static-cache decode steps
 """
 from __future__ import annotations
 
@@ -79,6 +80,8 @@ def main(argv=None) -> int:
                     help="new-token counts differenced for ms/token (default 16 80; --tiny: 2 6)")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per figure (median; default 3, --tiny 1)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["decode", "vision", "sam", "dlc", "plain"])
+    ap.add_argument("--compile", action="store_true",
+                    help="also time static-cache decode steps under torch.compile (adds compile time)")
     ap.add_argument("--out", help="also write the JSON summary here")
     args = ap.parse_args(argv)
 
@@ -132,6 +135,11 @@ def main(argv=None) -> int:
     def ours_static(n, tokens):
         return ours(n, tokens, static=True)
 
+    def ours_compiled(n, tokens):
+        reqs = [Request(img, PROMPTS["dlc"], [m], image_key="img") for m in masks[:n]]
+        return run_batch(model, proc, reqs, GenerationOptions(max_new_tokens=tokens, ignore_eos=True,
+                                                              static_cache=True, compile_step=True))
+
     def hf(n, tokens):
         inputs = proc(images=img, text=[PROMPTS["dlc"]] * n, regions=[[m] for m in masks[:n]]).to(device)
         inputs["region_masks"] = [m.to(device) for m in inputs["region_masks"]]
@@ -147,12 +155,20 @@ def main(argv=None) -> int:
         res = {}
         for b in (1, 32 if not args.tiny else 4):
             row = {}
-            for name, fn in (("ours", ours), ("ours_static_cache", ours_static), ("plain_generate", hf)):
+            variants = [("ours", ours), ("ours_static_cache", ours_static), ("plain_generate", hf)]
+            if args.compile:
+                variants.insert(2, ("ours_static_compiled", ours_compiled))
+            for name, fn in variants:
                 if name == "plain_generate" and not plain:
                     continue
-                a, _ = timed(lambda: fn(b, t1), device, reps)
-                c, _ = timed(lambda: fn(b, t2), device, reps)
-                row[name] = round((c - a) / (t2 - t1) * 1000, 3)
+                try:
+                    if name == "ours_static_compiled":
+                        fn(b, t1), fn(b, t2)  # compile (and recompile for this batch) outside the timing
+                    a, _ = timed(lambda: fn(b, t1), device, reps)
+                    c, _ = timed(lambda: fn(b, t2), device, reps)
+                    row[name] = round((c - a) / (t2 - t1) * 1000, 3)
+                except Exception as e:  # report and go on: one failing variant must not cost the run
+                    row[name] = f"failed: {type(e).__name__}: {str(e)[:200]}"
             res[f"batch_{b}"] = row
             print(json.dumps({"decode_ms_per_token": {f"batch_{b}": row}}), file=sys.stderr)
         summary["decode_ms_per_token"] = res

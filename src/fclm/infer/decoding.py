@@ -22,6 +22,10 @@ slots, region masks, optional teacher-forced answer) and:
 
 Greedy decoding of a row gives the same tokens whether it runs alone or in a batch (tested, float32
 CPU): rows never see each other, and the prefix/suffix split is the same either way.
+
+``GenerationOptions(static_cache=True)`` replaces steps 2–3's cache and loop by
+:mod:`fclm.infer.static_decode` (image prefix KV kept once per image, fixed-shape steps, a host sync
+only every ``stop_check_every`` steps), with the same tokens and ``[SEG]`` states.
 """
 from __future__ import annotations
 
@@ -59,6 +63,7 @@ class GenerationOptions:
     crop_batch: int = 8  # regions per SAM crop-encoder call (local aggregation)
     static_cache: bool = False  # fixed-shape decode, image prefix KV kept once (fclm.infer.static_decode)
     stop_check_every: int = 8  # static_cache: steps between host-side stop checks
+    compile_step: bool = False  # static_cache: decode steps through torch.compile(fullgraph=True)
 
     @classmethod
     def from_kwargs(cls, base: "GenerationOptions | None" = None, **kw) -> "GenerationOptions":

@@ -161,6 +161,8 @@ def decode_static(model, opts, prefix_kv: dict, groups: dict, row_img: list[int]
     lm = model.model.language_model
 
     step = make_step(lm, cache, valid)
+    # decode steps (one token per row) through torch.compile when asked; the prefill stays eager
+    step1 = torch.compile(step, fullgraph=True, dynamic=False) if opts.compile_step else step
 
     emb_layer = model.get_input_embeddings()
     gen_mask = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -191,7 +193,7 @@ def decode_static(model, opts, prefix_kv: dict, groups: dict, row_img: list[int]
                 break  # the last token's state is needed only for a final [SEG]
             valid[:, S + t] = True
             pos = next_pos.view(1, B, 1).expand(3, B, 1)
-            h = step(emb_layer(tok.clamp(min=0))[:, None], pos, torch.tensor([S + t], device=dev))[:, -1]
+            h = step1(emb_layer(tok.clamp(min=0))[:, None], pos, torch.tensor([S + t], device=dev))[:, -1]
             states[:, t] = h
             next_pos = next_pos + 1
             if (t + 1) % every == 0 and bool(done.all()):  # the only host sync of the loop

@@ -83,7 +83,8 @@ def test_self_recon_max_masks_caps_extra_objects(monkeypatch):
     assert len(batch["object_masks"]) == 12
     counts = []
     real = modeling_fclm.decode_masks
-    monkeypatch.setattr(modeling_fclm, "decode_masks", lambda sam, p, *a, **k: counts.append(len(p)) or real(sam, p, *a, **k))
+    monkeypatch.setattr(modeling_fclm, "decode_masks",
+                        lambda sam, p, *a, **k: counts.append(len(p)) or real(sam, p, *a, **k))
     model.train()
     model(**batch)
     model.eval()

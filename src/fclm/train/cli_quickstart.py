@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 # Keep this figure what docs/benchmarks.md ("Quickstart recipe and ablation (issue 14)") supports.
-TIME = ("about 9.5 min on an idle 2-core machine, estimated from per-step measurements and not yet "
+TIME = ("about 16 min on an idle 2-core machine, estimated from per-step measurements and not yet "
         "timed end to end there: see docs/benchmarks.md")
 HELP = f"train + evaluate a tiny FCLM on synthetic scenes (CPU; {TIME})"
 

@@ -123,3 +123,14 @@ def test_dry_run_7b():
 
     c = dry_run("fclm-7b")
     assert 8.0e9 < c["vision_encoder"] + c["llm"] < 8.4e9  # Qwen2.5-VL-7B: 8.29 B
+
+
+def test_tiny_corpus_does_not_depend_on_install_path():
+    """The tiny tokenizer is trained on the prompt templates, not on module metadata such as
+    ``__file__`` (which would make the vocabulary, and so every tiny model, depend on where fclm lives)."""
+    from fclm.data import prompts
+    from fclm.model.builders import default_tiny_corpus
+
+    corpus = default_tiny_corpus()
+    assert prompts.__file__ not in corpus and prompts.__name__ not in corpus
+    assert prompts.__doc__ not in corpus

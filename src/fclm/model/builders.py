@@ -43,7 +43,9 @@ def default_tiny_corpus() -> list[str]:
     from ..data.synthetic import generate_scenes
 
     texts = []
-    for value in vars(prompts).values():  # every template string of the prompts module
+    for name, value in vars(prompts).items():  # every template string of the prompts module
+        if name.startswith("__"):  # module metadata (__file__, __doc__ ...) would tie the vocabulary to the install path
+            continue
         if isinstance(value, str):
             texts.append(value)
         elif isinstance(value, (list, tuple)):

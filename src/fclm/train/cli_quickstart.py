@@ -1,9 +1,9 @@
 """`fclm quickstart [--out DIR]`: train and evaluate a tiny FCLM on synthetic scenes (CPU, no download)."""
 from __future__ import annotations
 
-# Keep this figure what docs/benchmarks.md ("Quickstart recipe and ablation (issue 14)") supports.
-TIME = ("about 16 min on an idle 2-core machine, estimated from per-step measurements and not yet "
-        "timed end to end there: see docs/benchmarks.md")
+# Keep this figure what docs/benchmarks.md ("`fclm quickstart`" sections) supports.
+TIME = ("19-25 min on an idle 2-core machine (18.8 min measured in issue 3; 0.53 s per stage-1 step on "
+        "the merged code of 2026-12-02): see docs/benchmarks.md")
 HELP = f"train + evaluate a tiny FCLM on synthetic scenes (CPU; {TIME})"
 
 

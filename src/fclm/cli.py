@@ -204,5 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     return int(rc or 0)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m fclm.cli` (accelerate launch -m fclm.cli ...)
+    # Run the imported module's main, so that the CLIError the commands raise (fclm.cli.CLIError) is
+    # the class main recognises, not a second copy defined in __main__.
+    from fclm.cli import main as _main
+
+    sys.exit(_main())

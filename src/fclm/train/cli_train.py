@@ -8,7 +8,6 @@ per-GPU memory plan instead of training.
 from __future__ import annotations
 
 import os
-import sys
 
 from ..cli import CLIError
 from ..cli_args import add_progress_flag, check_pretrained_source
@@ -67,14 +66,8 @@ def _child_argv(args, strategy: str) -> list[str]:
 
 
 def run(args) -> int:
-    try:
-        return _run(args)
-    except (ValueError, OSError) as e:  # config, strategy and checkpoint problems: one line
-        print(f"fclm train: error: {e}", file=sys.stderr)
-        return 2
-
-
-def _run(args) -> int:
+    """Strategy and checkpoint problems raise StrategyError (a CLIError): ``fclm.cli.main`` prints
+    them as one line with exit status 2, like every other command's."""
     import logging
     import subprocess
 

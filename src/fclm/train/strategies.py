@@ -14,10 +14,12 @@ import os
 import torch
 from importlib import resources
 
+from ..cli import CLIError
+
 STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")
 
 
-class StrategyError(ValueError):
+class StrategyError(CLIError, ValueError):
     """A strategy that cannot run as asked (one line, shown as ``fclm train: error: …``)."""
 
 

@@ -59,9 +59,10 @@ def main(argv=None) -> None:
     tr = Trainer(cfg, progress=False)
     model = tr.unwrapped
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, interop {torch.get_num_interop_threads()}")
+    batches = iter(tr.batches())
     step = 0
     for _ in range(args.warmup):
-        tr.train_step(step)
+        tr.train_step(batches)
         step += 1
     if args.profile:
         from torch.profiler import ProfilerActivity, profile, record_function
@@ -74,7 +75,7 @@ def main(argv=None) -> None:
                 with record_function("data"):
                     tr.stream.micro_batch(step, 0, 0, 1)
                 data_t += time.perf_counter() - t
-                tr.train_step(step)
+                tr.train_step(batches)
                 step += 1
         wall = time.perf_counter() - t0
         print(f"{args.profile} steps in {wall:.1f} s (profiled; data built twice per step, once inside "
@@ -96,7 +97,7 @@ def main(argv=None) -> None:
             torch.set_num_threads(over.get("threads", threads))  # pseudo-field: torch intra-op threads
             for _ in range(args.steps):
                 t, c = time.perf_counter(), time.process_time()
-                tr.train_step(step)
+                tr.train_step(batches)
                 times[name].append(time.perf_counter() - t)
                 cpu[name].append(time.process_time() - c)
                 step += 1

@@ -150,3 +150,33 @@ def test_shipped_configs_load(path):
         assert all(t in BUILDERS or t == "pair_stage2" for t in src.tasks), src
     if cfg.stage == "stage2":
         assert cfg.data.pair_stage2
+
+
+def test_wsd_schedule_rates(tmp_path):
+    """Warm-up, stable, cosine decay over the last decay_ratio of the steps (values by hand)."""
+    import torch
+
+    from fclm.train.trainer import _scheduler
+
+    cfg = base()
+    cfg["steps"] = 10
+    cfg["optim"] = {"lr": 1.0, "warmup_steps": 2, "schedule": "wsd", "decay_ratio": 0.4}
+    cfg = load_train_config(write(tmp_path, cfg))
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = _scheduler(opt, cfg)
+    rates = []
+    for _ in range(10):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # steps 0-1 warm up (1/2, 2/2), 2-5 stable, 6-9 decay: 0.5·(1 + cos(π·k/4)), k = 0..3
+    expected = [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.8535534, 0.5, 0.1464466]
+    assert rates == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("optim,msg", [({"schedule": "warmup"}, "optim.schedule"), ({"schedule": "wsd", "decay_ratio": 0}, "decay_ratio")])
+def test_bad_schedule_is_named(tmp_path, optim, msg):
+    cfg = base()
+    cfg["optim"] = optim
+    with pytest.raises(ValueError, match=msg):
+        load_train_config(write(tmp_path, cfg))

@@ -51,7 +51,8 @@ class OptimSection:
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = 0
     warmup_ratio: float = 0.03
-    schedule: str = "cosine"  # cosine | linear | constant
+    schedule: str = "cosine"  # cosine | linear | constant | wsd (warm-up, stable, then a cosine decay)
+    decay_ratio: float = 0.2  # wsd: share of the steps in the final decay
     grad_clip: float = 1.0
     lr_multipliers: dict[str, float] = field(default_factory=dict)  # module group → lr factor
 
@@ -137,6 +138,10 @@ def load_train_config(path: str, overrides: list[str] | None = None) -> TrainCon
         raise ValueError(f"{path}: save_dtype must be float32, bfloat16 or float16, got {cfg.save_dtype!r}")
     if cfg.model.init not in ("tiny", "path", "pretrained", "preset"):
         raise ValueError(f"{path}: model.init must be tiny, path, pretrained or preset, got {cfg.model.init!r}")
+    if cfg.optim.schedule not in ("cosine", "linear", "constant", "wsd"):
+        raise ValueError(f"{path}: optim.schedule must be cosine, linear, constant or wsd, got {cfg.optim.schedule!r}")
+    if not 0 < cfg.optim.decay_ratio <= 1:
+        raise ValueError(f"{path}: optim.decay_ratio must be in (0, 1], got {cfg.optim.decay_ratio}")
     if not cfg.data.sources:
         raise ValueError(f"{path}: data.sources is empty: nothing to train on")
     return cfg

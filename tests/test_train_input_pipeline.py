@@ -226,3 +226,71 @@ def test_length_group_steps_must_be_positive(tmp_path):
     path = write_tiny_train_config(tmp_path / "c.yaml", tmp_path / "out")
     with pytest.raises(ValueError, match="length_group_steps"):
         load_train_config(path, ["data.length_group_steps=0"])
+
+
+# ---------------------------------------------------------------------------- ZeRO-3 hazard
+def _zero3_like(module):
+    """Emulate ZeRO-3 partitioning on ``module``'s own weights: empty outside its forward, whole
+    inside (pre/post forward hooks, as DeepSpeed gathers and releases them)."""
+    # the hooks act on the registered Parameter objects themselves (DeepSpeed's partitioned
+    # parameters): a detached copy taken outside the forward stays empty, as under ZeRO-3
+    params = list(module.parameters(recurse=False))
+    saved = [p.data for p in params]
+
+    def gather(mod, args, kwargs=None):
+        for p, d in zip(params, saved):
+            p.data = d
+
+    def release(mod, args, out):
+        for p in params:
+            p.data = torch.empty(0, dtype=p.dtype)
+
+    release(module, None, None)
+    return [module.register_forward_pre_hook(gather), module.register_forward_hook(release)], \
+        lambda: gather(module, None)
+
+
+def test_frozen_projector_is_a_module_call_with_the_same_values(model_proc):
+    from fclm.model.mask_decoding import FreezableLinear
+
+    model, proc = model_proc
+    proj = model.seg_projector
+    assert [type(m) for m in proj] == [FreezableLinear, torch.nn.ReLU, FreezableLinear]
+    assert sorted(k for k, _ in proj.state_dict().items()) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    x = torch.randn(5, model.config.llm_hidden_size, requires_grad=True)
+    # the previous formulation: functional_call with detached parameters
+    detached = {k: v.detach() for k, v in proj.named_parameters()}
+    x_ref = x.detach().clone().requires_grad_()
+    want = torch.func.functional_call(proj, detached, (x_ref,))
+    proj.zero_grad(set_to_none=True)
+    got = proj(x, frozen=True)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    (got ** 2).sum().backward()
+    (want ** 2).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    assert all(p.grad is None for p in proj.parameters())  # a fixed map: the weights get nothing
+    torch.testing.assert_close(proj(x), want)  # unfrozen: the same values
+
+    # the whole stage-2 forward (L_latent in prompt space) under emulated ZeRO-3 partitioning of the
+    # projector's layers: the same loss
+    exs = _pair_batch_examples()
+    batch = proc(exs)
+    assert model.config.latent_space == "prompt" and "latent_pairs" in batch
+    model.eval()
+    with torch.no_grad():
+        plain = model(**batch)
+        handles, restore = [], []
+        for layer in (proj[0], proj[2]):
+            h, r = _zero3_like(layer)
+            handles += h
+            restore.append(r)
+        try:
+            partitioned = model(**batch)
+        finally:
+            for h in handles:
+                h.remove()
+            for r in restore:
+                r()
+    assert plain.loss_latent is not None
+    torch.testing.assert_close(partitioned.loss_latent, plain.loss_latent)
+    torch.testing.assert_close(partitioned.loss, plain.loss)

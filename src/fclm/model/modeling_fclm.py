@@ -320,10 +320,9 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         if seg_vec is not None:
             if cfg.latent_space == "prompt":
                 # the projector is a fixed map here (frozen in the paper's stage 2): letting L_latent
-                # train it collapses every output onto one direction (cosine 1 for any pair)
-                frozen = {k: v.detach() for k, v in self.seg_projector.named_parameters()}
-                project = lambda x: torch.func.functional_call(self.seg_projector, frozen, (x,))  # noqa: E731
-                seg_vec, pos_vec = project(seg_vec), project(pos_vec)
+                # train it collapses every output onto one direction (cosine 1 for any pair). A module
+                # call, not a read of its weights: under ZeRO-3 they exist only inside its forward
+                seg_vec, pos_vec = self.seg_projector(seg_vec, frozen=True), self.seg_projector(pos_vec, frozen=True)
             result.loss_latent = latent_consistency(seg_vec, pos_vec, cfg.latent_loss)
             terms["latent"] = cfg.latent_weight * result.loss_latent
 

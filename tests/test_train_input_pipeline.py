@@ -294,3 +294,20 @@ def test_frozen_projector_is_a_module_call_with_the_same_values(model_proc):
     assert plain.loss_latent is not None
     torch.testing.assert_close(partitioned.loss_latent, plain.loss_latent)
     torch.testing.assert_close(partitioned.loss, plain.loss)
+
+
+def test_stage2_stream_carries_each_pair_image_once_as_uint8(tmp_path, model_proc):
+    from fclm.train.config import load_train_config
+
+    _, proc = model_proc
+    path = write_tiny_train_config(tmp_path / "c.yaml", tmp_path / "out", tasks=(("pair_stage2",),), steps=2,
+                                   per_device_batch=3, data={"synthetic": {"num_scenes": 50, "seed": 0,
+                                                                           "image_size": 128},
+                                                             "pair_stage2": True,
+                                                             "sources": [{"name": "synthetic",
+                                                                          "tasks": ["pair_stage2"]}]})
+    cfg = load_train_config(path)
+    b = _stream(cfg, proc).micro_batch(1, 0, 0, 1)
+    assert b["input_ids"].shape[0] == 6 and b["image_index"].tolist() == [0, 0, 1, 1, 2, 2]
+    assert b["pixel_values"].dtype == b["sam_pixel_values"].dtype == torch.uint8
+    assert b["sam_pixel_values"].shape[0] == 3 and len(b["latent_pairs"]) == 3

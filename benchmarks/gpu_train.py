@@ -74,7 +74,13 @@ class TimedBatches:
         self.wait += time.perf_counter() - t
         self.tokens += int(b["attention_mask"].sum())
         self.label_tokens += int((b["labels"][:, 1:] != -100).sum())
-        self.images += int(b["image_grid_thw"].prod(-1).sum())  # patches before the merge
+        grid = b["image_grid_thw"]
+        if b.get("image_index") is not None:  # rows sharing an image: its patches are encoded once
+            idx = b["image_index"].tolist()
+            grid = grid[[idx.index(u) for u in range(max(idx) + 1)]]
+        self.images += int(grid.prod(-1).sum())  # patches before the merge
+        # distinct images carried; SAM encodes those with a row that needs it (here: all of them —
+        # stage 1's rows all have a [SEG] or an L_self region, stage 2's pairs a DL-RES row)
         self.sam_images += int(b["sam_pixel_values"].shape[0]) if b.get("sam_pixel_values") is not None else 0
         return b
 

@@ -58,8 +58,8 @@ def test_dataloader_gives_the_in_process_micro_batches(stream):
 
 
 def test_ce_at_label_positions_equals_full_logits_ce(stream):
-    _, (model, _), st = stream
-    batch = st.micro_batch(0, 0, 0, 1)
+    _, (model, proc), st = stream
+    batch = proc.normalize_images(st.micro_batch(0, 0, 0, 1))
     labels = batch["labels"]
     assert (labels != -100).sum() > 0 and (labels == -100).sum() > 0
     with torch.no_grad():

@@ -15,12 +15,26 @@ class SegProjector(nn.Sequential):
     """
 
     def __init__(self, llm_hidden_size: int, prompt_size: int):
-        super().__init__(nn.Linear(llm_hidden_size, llm_hidden_size), nn.ReLU(),
-                         nn.Linear(llm_hidden_size, prompt_size))
+        super().__init__(FreezableLinear(llm_hidden_size, llm_hidden_size), nn.ReLU(),
+                         FreezableLinear(llm_hidden_size, prompt_size))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        """``(..., d)`` → ``(..., P)``. ``frozen``: a fixed map (no gradient reaches the weights, the
+        input still gets one), each layer still called as a module so that sharded weights (ZeRO-3)
+        are gathered as in any forward."""
         x = x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(x.dtype)
-        return super().forward(x)
+        for layer in self:
+            x = layer(x, frozen) if isinstance(layer, FreezableLinear) else layer(x)
+        return x
+
+
+class FreezableLinear(nn.Linear):
+    """``nn.Linear`` whose forward can use its weights as constants (``frozen=True``)."""
+
+    def forward(self, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+        if not frozen:
+            return super().forward(x)
+        return F.linear(x, self.weight.detach(), None if self.bias is None else self.bias.detach())
 
 
 def sam_image_embeddings(sam, pixel_values: torch.Tensor) -> torch.Tensor:

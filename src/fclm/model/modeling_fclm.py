@@ -128,16 +128,25 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         region_masks: list[torch.Tensor] | None = None,
         region_crop_pixel_values: torch.Tensor | None = None,
         region_crop_masks: torch.Tensor | None = None,
+        image_index: torch.LongTensor | None = None,
     ):
         """Token embeddings with image features and visual prompts written into their slots.
 
-        Returns ``(inputs_embeds (B, L, d), vision_features, t_mask (R, d) | None, t_pos (R, d) | None,
-        region_image_index (R,) | None)``.
+        ``image_index`` ``(B,)``: row → image of ``pixel_values`` (distinct images, each encoded
+        once); None: one image per row. Returns ``(inputs_embeds (B, L, d), vision_features (one per
+        row), t_mask (R, d) | None, t_pos (R, d) | None, region_image_index (R,) | None)``.
         """
         embeds = self.get_input_embeddings()(input_ids)
         vision = None
         if pixel_values is not None:
-            vision = self.encode_images(pixel_values, image_grid_thw)
+            if pixel_values.dtype == torch.uint8:
+                raise ValueError("pixel_values are uint8 pixels: normalise them first with FCLMProcessor.normalize_images")
+            if image_index is None:
+                vision = self.encode_images(pixel_values, image_grid_thw)
+            else:
+                first = _first_rows(image_index)
+                distinct = self.encode_images(pixel_values, image_grid_thw[first])
+                vision = [distinct[i] for i in image_index.tolist()]
             flat = torch.cat([v.flatten(0, 1) for v in vision]).to(embeds.dtype)
             img_mask = (input_ids == self.config.image_token_id).unsqueeze(-1)
             if int(img_mask.sum()) != flat.shape[0]:
@@ -206,6 +215,7 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         use_cache: bool | None = None,
         mm_token_type_ids: torch.IntTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        image_index: torch.LongTensor | None = None,
         **kwargs,
     ) -> FCLMOutput:
         r"""
@@ -225,6 +235,10 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             object_masks / object_image_index: every annotated object of the images and its batch
                 row, for L_self with ``self_recon_scope="all_objects"``.
             decode_seg: decode masks for every ``[SEG]`` (default: when SAM inputs are given).
+            image_index: ``(B,)`` row → image when rows share images (``collate(share_images=True)``):
+                ``pixel_values``, ``sam_pixel_values``, ``sam_valid_sizes`` and ``original_sizes``
+                then hold the U distinct images. Each is run through the vision encoder once, and
+                through SAM's image encoder once if some row of it needs SAM ([SEG] to decode, L_self).
             position_ids / cache / use_cache / mm_token_type_ids / logits_to_keep: set by
                 ``generate`` — with a cache (or ``use_cache=True``) this is one generation step (see
                 :meth:`_generation_step`); the training forward never passes them.
@@ -235,7 +249,8 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                                          use_cache, mm_token_type_ids, logits_to_keep, **kwargs)
         cfg = self.config
         embeds, vision, t_mask, t_pos, region_index = self.build_inputs_embeds(
-            input_ids, pixel_values, image_grid_thw, region_masks, region_crop_pixel_values, region_crop_masks)
+            input_ids, pixel_values, image_grid_thw, region_masks, region_crop_pixel_values, region_crop_masks,
+            image_index)
         position_ids, _ = self.position_ids_for(input_ids, image_grid_thw, attention_mask)
         out = self.run_language_model(embeds, attention_mask, position_ids)
         hidden = out.last_hidden_state
@@ -259,27 +274,35 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         decode_seg = sam_pixel_values is not None if decode_seg is None else decode_seg
         self_masks, self_pos, self_index = self._self_recon_inputs(region_masks, t_pos, region_index,
                                                                    object_masks, object_image_index, embeds.dtype)
-        need_sam = decode_seg and len(sb) or (self_masks and cfg.self_recon_weight > 0 and sam_pixel_values is not None)
-        image_emb = sam_image_embeddings(self.sam, sam_pixel_values) if need_sam else None
+        with_self = bool(self_masks) and cfg.self_recon_weight > 0 and sam_pixel_values is not None
+        sam_rows = [sb] if decode_seg and len(sb) else []  # batch rows whose image SAM must encode
+        if with_self:
+            self_index = self_index.to(sb.device)
+            sam_rows.append(self_index)
+        image_emb = None
+        if sam_rows:
+            image_emb, sam_slot, sam_valid_sizes, original_sizes = self._sam_images(
+                torch.cat(sam_rows), image_index, input_ids.shape[0], sam_pixel_values, sam_valid_sizes, original_sizes)
 
         if decode_seg and len(sb):
             prompts = self.seg_projector(result.seg_queries)
             if target_masks is not None and self.training:
                 keep = self._subsample_targets(sb)
-                logits_k = decode_masks(self.sam, prompts[keep], image_emb, sb[keep], sam_valid_sizes, original_sizes,
-                                        at_low_res=cfg.mask_loss_at_low_res)
+                logits_k = decode_masks(self.sam, prompts[keep], image_emb, sam_slot[sb[keep]], sam_valid_sizes,
+                                        original_sizes, at_low_res=cfg.mask_loss_at_low_res)
                 result.loss_dice, result.loss_bce = mask_losses(logits_k, [target_masks[i] for i in keep.tolist()])
                 result.pred_masks = None
             else:
-                result.pred_masks = decode_masks(self.sam, prompts, image_emb, sb, sam_valid_sizes, original_sizes)
+                result.pred_masks = decode_masks(self.sam, prompts, image_emb, sam_slot[sb], sam_valid_sizes,
+                                                 original_sizes)
                 if target_masks is not None:
                     result.loss_dice, result.loss_bce = mask_losses(result.pred_masks, target_masks)
             if result.loss_dice is not None:
                 result.loss_seg = cfg.dice_weight * result.loss_dice + cfg.bce_weight * result.loss_bce
                 terms["seg"] = result.loss_seg
 
-        if self_masks and cfg.self_recon_weight > 0 and image_emb is not None:
-            rec = decode_masks(self.sam, self.seg_projector(self_pos), image_emb, self_index, sam_valid_sizes,
+        if with_self:
+            rec = decode_masks(self.sam, self.seg_projector(self_pos), image_emb, sam_slot[self_index], sam_valid_sizes,
                                original_sizes, at_low_res=cfg.mask_loss_at_low_res and self.training)
             d, b = mask_losses(rec, [m.to(torch.uint8) for m in self_masks])
             result.loss_self = cfg.dice_weight * d + cfg.bce_weight * b
@@ -297,10 +320,9 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         if seg_vec is not None:
             if cfg.latent_space == "prompt":
                 # the projector is a fixed map here (frozen in the paper's stage 2): letting L_latent
-                # train it collapses every output onto one direction (cosine 1 for any pair)
-                frozen = {k: v.detach() for k, v in self.seg_projector.named_parameters()}
-                project = lambda x: torch.func.functional_call(self.seg_projector, frozen, (x,))  # noqa: E731
-                seg_vec, pos_vec = project(seg_vec), project(pos_vec)
+                # train it collapses every output onto one direction (cosine 1 for any pair). A module
+                # call, not a read of its weights: under ZeRO-3 they exist only inside its forward
+                seg_vec, pos_vec = self.seg_projector(seg_vec, frozen=True), self.seg_projector(pos_vec, frozen=True)
             result.loss_latent = latent_consistency(seg_vec, pos_vec, cfg.latent_loss)
             terms["latent"] = cfg.latent_weight * result.loss_latent
 
@@ -388,6 +410,23 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             index = idx if index is None else torch.cat([index, idx])
         return masks, pos, index
 
+    def _sam_images(self, rows, image_index, n_rows, sam_pixel_values, sam_valid_sizes, original_sizes):
+        """SAM image embeddings of the images of ``rows`` only, each once.
+
+        Returns ``(embeddings (K, C, g, g), slot (B,)`` row → embedding (-1: not encoded), and the K
+        images' valid / original sizes)."""
+        row_image = torch.arange(n_rows, device=rows.device) if image_index is None else image_index.to(rows.device)
+        need = row_image[rows].unique()  # sorted
+        n_images = sam_pixel_values.shape[0]
+        if len(need) < n_images:
+            idx = need.to(sam_pixel_values.device)
+            sam_pixel_values, sam_valid_sizes, original_sizes = (
+                sam_pixel_values[idx], sam_valid_sizes[need.to(sam_valid_sizes.device)],
+                original_sizes[need.to(original_sizes.device)])
+        slot = torch.full((n_images,), -1, dtype=torch.long, device=rows.device)
+        slot[need] = torch.arange(len(need), device=rows.device)
+        return sam_image_embeddings(self.sam, sam_pixel_values), slot[row_image], sam_valid_sizes, original_sizes
+
     def _subsample_targets(self, seg_rows: torch.Tensor) -> torch.Tensor:
         """Indices of at most ``max_masks_per_sample`` random `[SEG]` targets per example."""
         keep = []
@@ -397,6 +436,16 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                 idx = idx[torch.randperm(len(idx))[: self.config.max_masks_per_sample].to(idx.device)].sort().values
             keep.append(idx)
         return torch.cat(keep)
+
+
+def _first_rows(image_index: torch.Tensor) -> list[int]:
+    """The first row of each image ``0 … U-1`` in ``image_index`` (every image must have a row)."""
+    first: dict[int, int] = {}
+    for b, u in enumerate(image_index.tolist()):
+        first.setdefault(u, b)
+    if sorted(first) != list(range(len(first))):
+        raise ValueError(f"image_index must number the images 0…U-1, got {image_index.tolist()}")
+    return [first[u] for u in range(len(first))]
 
 
 def register_auto_classes() -> None:

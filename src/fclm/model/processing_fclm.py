@@ -25,6 +25,31 @@ SAM_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
 PROCESSOR_FILE = "fclm_processor.json"
 
 
+def _distinct_images(items: list[EncodedExample]) -> tuple[list[int], list[int]]:
+    """First row of each distinct image and each row's image number (see ``collate``): rows share
+    an image when their ``image_key`` matches and so do their image tensors."""
+    first: list[int] = []
+    row_image: list[int] = []
+    for b, it in enumerate(items):
+        for u, f in enumerate(first):
+            o = items[f]
+            if it.image_key is not None and o.image_key == it.image_key and _same_tensor(o.pixel_values, it.pixel_values) \
+                    and _same_tensor(o.sam_pixel_values, it.sam_pixel_values):
+                row_image.append(u)
+                break
+        else:
+            first.append(b)
+            row_image.append(len(first) - 1)
+    return first, row_image
+
+
+def _same_tensor(a, b) -> bool:
+    if a is b:
+        return True
+    a, b = (torch.as_tensor(x) for x in (a, b))
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+
+
 def add_fclm_tokens(tokenizer) -> dict[str, int]:
     """Add FCLM's special tokens (idempotent) and return their ids via ``convert_tokens_to_ids``."""
     missing = [t for t in SPECIAL_TOKENS.values() if t not in tokenizer.get_vocab()]
@@ -51,11 +76,14 @@ def resize_long_side(image: Image.Image, long_side: int) -> Image.Image:
     return image.resize((max(1, int(w * s + 0.5)), max(1, int(h * s + 0.5))), Image.BILINEAR, reducing_gap=3.0)
 
 
-def sam_preprocess(image: Image.Image, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """SAM input: long side ``size``, normalised, padded bottom-right → ``(3, S, S)``, valid (h, w)."""
+def sam_preprocess(image: Image.Image, size: int, normalize: bool = True) -> tuple[np.ndarray, tuple[int, int]]:
+    """SAM input: long side ``size``, normalised, padded bottom-right → ``(3, S, S)``, valid (h, w).
+
+    ``normalize=False``: uint8 pixels, zero padding (:meth:`FCLMProcessor.normalize_images` finishes
+    them on the device)."""
     im = resize_long_side(image, size)
-    arr = (np.asarray(im, dtype=np.float32) - SAM_MEAN) / SAM_STD
-    out = np.zeros((size, size, 3), dtype=np.float32)
+    arr = (np.asarray(im, dtype=np.float32) - SAM_MEAN) / SAM_STD if normalize else np.asarray(im, dtype=np.uint8)
+    out = np.zeros((size, size, 3), dtype=arr.dtype)
     out[: arr.shape[0], : arr.shape[1]] = arr
     return out.transpose(2, 0, 1), (arr.shape[0], arr.shape[1])
 
@@ -175,6 +203,7 @@ class EncodedExample:
     pair_keys_regions: list[str | None] = field(default_factory=list)
     pair_keys_segs: list[str | None] = field(default_factory=list)
     object_masks: list[np.ndarray] = field(default_factory=list)  # all annotated objects (L_self scope)
+    image_key: str | None = None  # names the image: rows with one key share its encodings (collate)
 
 
 class FCLMProcessor:
@@ -270,8 +299,15 @@ class FCLMProcessor:
     def encode(self, image: Image.Image, user: str, answer: str | None = None,
                region_masks: list[np.ndarray] = (), target_masks: list[np.ndarray] = (),
                history: list[tuple[str, str]] = (), where: str = "",
-               pair_keys: tuple[list, list] | None = None) -> EncodedExample:
-        """Encode one conversation about one image (``where`` names it in error messages)."""
+               pair_keys: tuple[list, list] | None = None, uint8_images: bool = False,
+               image_cache: dict | None = None) -> EncodedExample:
+        """Encode one conversation about one image (``where`` names it in error messages).
+
+        ``uint8_images``: the image tensors stay uint8 pixels (4× smaller to carry; the Qwen
+        patches and the SAM input are normalised on the device by :meth:`normalize_images`).
+        ``image_cache``: a dict shared by the examples of one image, which then run the image
+        processors once.
+        """
         W, H = image.size
         region_masks = [np.asarray(m).astype(bool) for m in region_masks]
         for i, m in enumerate(region_masks):
@@ -290,14 +326,22 @@ class FCLMProcessor:
                 raise FCLMDataError(f"{where}target mask {i} has shape {np.asarray(m).shape}, image is {H}x{W}")
         *hist_users, text = self.user_texts([u for u, _ in history] + [user], len(region_masks), where)
         hist = [(u, a) for u, (_, a) in zip(hist_users, history)]
-        resized = resize_long_side(image, self.image_long_side)
-        vis = self.image_processor(images=[resized], return_tensors="pt")
+        cached = image_cache.get(uint8_images) if image_cache is not None else None
+        if cached is None:
+            resized = resize_long_side(image, self.image_long_side)
+            raw = {"do_rescale": False, "do_normalize": False} if uint8_images else {}
+            vis = self.image_processor(images=[resized], return_tensors="pt", **raw)
+            if uint8_images:  # resized uint8 pixels, patchified: exact integers 0…255
+                vis["pixel_values"] = vis["pixel_values"].to(torch.uint8)
+            cached = (vis, *sam_preprocess(image, self.sam_image_size, normalize=not uint8_images))
+            if image_cache is not None:
+                image_cache[uint8_images] = cached
+        vis, sam_px, valid = cached
         grid = vis["image_grid_thw"][0]
         n_img = int(grid.prod()) // self.merge_size**2
         ids, labels = self.build_ids(text, answer, n_img, hist)
         if len(ids) > self.max_length:
             raise FCLMDataError(f"{where}conversation is {len(ids)} tokens, above max_length={self.max_length}")
-        sam_px, valid = sam_preprocess(image, self.sam_image_size)
         crops, cmasks = [], []
         if self.with_local_crops and region_masks:
             c, cm = region_crops(CropSource(image, self.sam_image_size), region_masks, self.crop_margin)
@@ -307,8 +351,10 @@ class FCLMProcessor:
                               crops, cmasks, [np.asarray(t, dtype=np.uint8) for t in (target_masks or [])],
                               list(rk), list(sk))
 
-    def encode_example(self, ex, image: Image.Image | None = None) -> EncodedExample:
-        """Encode a :class:`fclm.data.schema.Example` (masks decoded from its sample)."""
+    def encode_example(self, ex, image: Image.Image | None = None, uint8_images: bool = False,
+                       image_cache: dict | None = None) -> EncodedExample:
+        """Encode a :class:`fclm.data.schema.Example` (masks decoded from its sample; see
+        :meth:`encode` for ``uint8_images`` and ``image_cache``)."""
         from ..data.masks import box_to_mask, decode_rle
 
         s = ex.sample
@@ -341,14 +387,22 @@ class FCLMProcessor:
         for k in range(0, len(turns) - 1, 2):
             hist.append((turns[k].text, turns[k + 1].text))
         enc = self.encode(image, ex.user, ex.assistant, [obj_mask(i) for i in ex.region_ids], targets,
-                          hist, where, keys)
+                          hist, where, keys, uint8_images, image_cache)
+        enc.image_key = f"{s.source}:{s.id}"
         if self.with_object_masks:
             enc.object_masks = [m for m in (obj_mask(i) for i in range(len(s.objects))) if m.any()]
         return enc
 
     # ------------------------------------------------------------ batching
-    def collate(self, items: list[EncodedExample], padding_side: str = "right") -> dict:
-        """Pad and stack encoded examples into the model's keyword arguments."""
+    def collate(self, items: list[EncodedExample], padding_side: str = "right", share_images: bool = False) -> dict:
+        """Pad and stack encoded examples into the model's keyword arguments.
+
+        ``share_images``: rows with the same ``image_key`` and identical image tensors (e.g. the
+        DLC and DL-RES examples of a stage-2 pair) carry their image once: ``pixel_values``,
+        ``sam_pixel_values``, ``sam_valid_sizes`` and ``original_sizes`` then hold the U distinct
+        images and ``image_index`` ``(B,)`` maps each row to its image (``image_grid_thw`` stays per
+        row); the model encodes each distinct image once.
+        """
         L = max(len(it.input_ids) for it in items)
         B = len(items)
         input_ids = torch.full((B, L), self.pad_id, dtype=torch.long)
@@ -360,15 +414,17 @@ class FCLMProcessor:
             input_ids[b, sl] = torch.tensor(it.input_ids)
             labels[b, sl] = torch.tensor(it.labels)
             attn[b, sl] = 1
+        first, row_image = _distinct_images(items) if share_images else (list(range(B)), None)
+        images = [items[f] for f in first]
         batch = {
             "input_ids": input_ids,
             "attention_mask": attn,
             "labels": labels,
-            "pixel_values": torch.cat([it.pixel_values for it in items]),
+            "pixel_values": torch.cat([it.pixel_values for it in images]),
             "image_grid_thw": torch.stack([it.image_grid_thw for it in items]),
-            "sam_pixel_values": torch.from_numpy(np.stack([it.sam_pixel_values for it in items])),
-            "sam_valid_sizes": torch.tensor([it.sam_valid_size for it in items]),
-            "original_sizes": torch.tensor([it.original_size for it in items]),
+            "sam_pixel_values": torch.from_numpy(np.stack([it.sam_pixel_values for it in images])),
+            "sam_valid_sizes": torch.tensor([it.sam_valid_size for it in images]),
+            "original_sizes": torch.tensor([it.original_size for it in images]),
             "region_masks": [torch.from_numpy(m) for it in items for m in it.region_masks],
             "target_masks": [torch.from_numpy(m) for it in items for m in it.target_masks],
         }
@@ -385,6 +441,31 @@ class FCLMProcessor:
         pairs = [(i, where[k]) for i, k in enumerate(skeys) if k is not None and k in where]
         if pairs:
             batch["latent_pairs"] = torch.tensor(pairs, dtype=torch.long)
+        if row_image is not None:
+            batch["image_index"] = torch.tensor(row_image, dtype=torch.long)
+        return batch
+
+    def normalize_images(self, batch: dict) -> dict:
+        """Finish uint8 image inputs where they are (on the device): ``pixel_values`` (Qwen patches)
+        rescaled and normalised with the image processor's mean/std, ``sam_pixel_values`` with SAM's,
+        their padding set to 0 from ``sam_valid_sizes``; the same values (to float rounding) as the
+        processor's float path. Float inputs are left as they are. Updates and returns ``batch``."""
+        pv = batch.get("pixel_values")
+        if pv is not None and pv.dtype == torch.uint8:
+            ip = self.image_processor
+            mean = torch.tensor(ip.image_mean, device=pv.device).view(1, 3, 1)
+            std = torch.tensor(ip.image_std, device=pv.device).view(1, 3, 1)
+            # a patch row is (C, T, P, P) flattened: normalising per channel commutes with patchifying
+            n = pv.shape[0]
+            batch["pixel_values"] = ((pv.view(n, 3, -1).float() * ip.rescale_factor - mean) / std).view(n, -1)
+        sp = batch.get("sam_pixel_values")
+        if sp is not None and sp.dtype == torch.uint8:
+            mean = torch.from_numpy(SAM_MEAN).to(sp.device).view(1, 3, 1, 1)
+            std = torch.from_numpy(SAM_STD).to(sp.device).view(1, 3, 1, 1)
+            hw = batch["sam_valid_sizes"].to(sp.device)
+            ar = torch.arange(sp.shape[-1], device=sp.device)
+            valid = (ar.view(1, -1, 1) < hw[:, :1, None]) & (ar.view(1, 1, -1) < hw[:, 1:, None])
+            batch["sam_pixel_values"] = torch.where(valid[:, None], (sp.float() - mean) / std, 0.0)
         return batch
 
     def __call__(self, examples=None, padding_side: str = "right", *, images=None, text=None, regions=None,

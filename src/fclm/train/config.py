@@ -42,6 +42,8 @@ class DataSection:
     synthetic: dict[str, Any] = field(default_factory=dict)  # {num_scenes, seed, image_size, ...}
     pair_stage2: bool = False  # each region → one DLC + one DL-RES example (latent pairs)
     num_workers: int | None = None  # DataLoader worker processes per rank (None: GPU one per spare core ≤ 4, CPU 0)
+    group_by_length: bool = False  # micro-batches of similar estimated length (see fclm.train.data)
+    length_group_steps: int = 16  # optimizer steps per grouping window (per rank)
 
 
 @dataclass
@@ -142,6 +144,8 @@ def load_train_config(path: str, overrides: list[str] | None = None) -> TrainCon
         raise ValueError(f"{path}: optim.schedule must be cosine, linear, constant or wsd, got {cfg.optim.schedule!r}")
     if not 0 < cfg.optim.decay_ratio <= 1:
         raise ValueError(f"{path}: optim.decay_ratio must be in (0, 1], got {cfg.optim.decay_ratio}")
+    if cfg.data.length_group_steps < 1:
+        raise ValueError(f"{path}: data.length_group_steps must be ≥ 1, got {cfg.data.length_group_steps}")
     if not cfg.data.sources:
         raise ValueError(f"{path}: data.sources is empty: nothing to train on")
     return cfg

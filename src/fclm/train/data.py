@@ -6,6 +6,15 @@ batch sequence; micro-batch ``m`` of rank ``r`` at step ``s`` takes slots
 gradient accumulation and several processes without see the same micro-batches. The task of a draw
 and its random template are drawn from ``rng([seed, p])``: a draw builds the same example whatever
 the world size and across a resume.
+
+With ``data.group_by_length`` the draws of each window of ``data.length_group_steps`` optimizer
+steps of a rank are regrouped into micro-batches of similar estimated length (less padding): the
+same draws, another order, still a function of (seed, window, rank) only, so a resumed run and any
+number of DataLoader workers see the same micro-batches; it depends on the world size, though (each
+rank groups its own draws).
+
+Micro-batches carry uint8 images (normalised on the device by the trainer) and each distinct image
+once (``collate(share_images=True)``: a stage-2 DLC + DL-RES pair shares its image's encodings).
 """
 from __future__ import annotations
 
@@ -81,6 +90,7 @@ class TrainingStream:
         sizes = {k: len(r) for k, r in self.sources.items()}
         self.sampler = MixtureSampler(sizes, weights, num_samples=max(total_draws, 1), seed=cfg.seed)
         self.skipped = 0
+        self._groups_key, self._groups = None, []
 
     def draws(self, start: int, count: int) -> list[Draw]:
         """Global draws ``start … start + count - 1``."""
@@ -90,35 +100,89 @@ class TrainingStream:
             out.append(Draw(p, name, idx))
         return out
 
+    def _task_examples(self, draw: Draw, rng: random.Random, i: int) -> list:
+        """The task examples (not encoded) of record ``i`` of the draw's source."""
+        sample = self.sources[draw.source][i]
+        task = rng.choice(self.tasks[draw.source])
+        if task == "pair_stage2" or (self.cfg.data.pair_stage2 and task in ("dlc", "dlres")):
+            exs = pair_stage2(sample, rng, max_regions=1)
+        else:
+            cands = BUILDERS[task](sample, rng)
+            exs = [rng.choice(cands)] if cands else []
+        if not exs:
+            raise FCLMDataError(f"{sample.source}:{sample.id} yields no {task} example")
+        return exs
+
+    def _rng(self, draw: Draw) -> random.Random:
+        return random.Random(hash((self.cfg.seed, draw.position)) & 0xFFFFFFFF)
+
     def examples(self, draw: Draw):
-        """Examples of one draw: one task's example, or a DLC + DL-RES pair (``pair_stage2``)."""
-        rng = random.Random(hash((self.cfg.seed, draw.position)) & 0xFFFFFFFF)
-        reader = self.sources[draw.source]
-        n = len(reader)
+        """Examples of one draw: one task's example, or a DLC + DL-RES pair (``pair_stage2``); the
+        examples of one draw share one image, opened and run through the image processors once."""
+        rng = self._rng(draw)
+        n = len(self.sources[draw.source])
         last = None
         for t in range(self.max_tries):
             i = (draw.index + t) % n
             try:
-                sample = reader[i]
-                task = rng.choice(self.tasks[draw.source])
-                if task == "pair_stage2" or (self.cfg.data.pair_stage2 and task in ("dlc", "dlres")):
-                    exs = pair_stage2(sample, rng, max_regions=1)
-                else:
-                    cands = BUILDERS[task](sample, rng)
-                    exs = [rng.choice(cands)] if cands else []
-                if not exs:
-                    raise FCLMDataError(f"{sample.source}:{sample.id} yields no {task} example")
-                return [self.processor.encode_example(ex) for ex in exs]
+                exs = self._task_examples(draw, rng, i)
+                image = exs[0].sample.image.open() if len(exs) > 1 else None
+                cache: dict = {}
+                return [self.processor.encode_example(ex, image, uint8_images=True, image_cache=cache) for ex in exs]
             except FCLMDataError as e:
                 last = e
                 self.skipped += 1
                 log.warning("%s: skipping record %d: %s", draw.source, i, e)
         raise FCLMDataError(f"{draw.source}: {self.max_tries} consecutive bad records from index {draw.index}: {last}")
 
-    def micro_batch(self, step: int, micro: int, rank: int, world: int) -> dict:
-        """The collated micro-batch ``micro`` of ``rank`` at optimizer step ``step``."""
+    def micro_draws(self, step: int, micro: int, rank: int, world: int) -> list[Draw]:
+        """The draws of micro-batch ``micro`` of ``rank`` at optimizer step ``step``."""
+        if self.cfg.data.group_by_length:
+            W = self.cfg.data.length_group_steps
+            return self._grouped_window(step // W, rank, world)[(step % W) * self.cfg.grad_accum + micro]
         P = self.cfg.per_device_batch
         G = P * self.cfg.grad_accum * world
-        start = step * G + (micro * world + rank) * P
-        encoded = [e for d in self.draws(start, P) for e in self.examples(d)]
-        return self.processor.collate(encoded)
+        return self.draws(step * G + (micro * world + rank) * P, P)
+
+    def micro_batch(self, step: int, micro: int, rank: int, world: int) -> dict:
+        """The collated micro-batch ``micro`` of ``rank`` at optimizer step ``step``: uint8 images
+        (``processor.normalize_images`` finishes them on the device), each distinct image once."""
+        encoded = [e for d in self.micro_draws(step, micro, rank, world) for e in self.examples(d)]
+        return self.processor.collate(encoded, share_images=True)
+
+    def draw_length(self, draw: Draw) -> int:
+        """Estimated tokens of the draw's longest example, from the record's image size and the
+        text (no image decoded, no processor run); 0 for a record that builds no example."""
+        try:
+            exs = self._task_examples(draw, self._rng(draw), draw.index % len(self.sources[draw.source]))
+        except FCLMDataError:
+            return 0
+        return max(estimated_tokens(self.processor, ex) for ex in exs)
+
+    def _grouped_window(self, window: int, rank: int, world: int) -> list[list[Draw]]:
+        """Length-grouped micro-batches of ``rank`` for the steps of ``window`` (in step, micro order)."""
+        key = (window, rank, world)
+        if self._groups_key != key:
+            P, A = self.cfg.per_device_batch, self.cfg.grad_accum
+            G = P * A * world
+            W = self.cfg.data.length_group_steps
+            slots = [(s, m) for s in range(window * W, min((window + 1) * W, max(self.cfg.steps, 1))) for m in range(A)]
+            draws = [d for s, m in slots for d in self.draws(s * G + (m * world + rank) * P, P)]
+            order = sorted(range(len(draws)), key=lambda j: (self.draw_length(draws[j]), draws[j].position))
+            groups = [[draws[j] for j in order[k:k + P]] for k in range(0, len(order), P)]
+            # shuffled so that the longest batches do not all come last in the window
+            random.Random(f"length-groups:{self.cfg.seed}:{window}:{rank}:{world}").shuffle(groups)
+            self._groups_key, self._groups = key, groups
+        return self._groups
+
+
+def estimated_tokens(processor, ex) -> int:
+    """Tokens of an encoded example, estimated: the exact image-token count from the record's size
+    (resize to the long side, then Qwen's rounding to whole merged patches) plus the text's tokens
+    without the chat template."""
+    s = ex.sample
+    scale = processor.image_long_side / max(s.width, s.height)
+    w, h = max(1, int(s.width * scale + 0.5)), max(1, int(s.height * scale + 0.5))
+    n_img = processor.image_processor.get_number_of_image_patches(h, w, {}) // processor.merge_size ** 2
+    text = " ".join([t.text for t in ex.history] + [ex.user, ex.assistant or ""])
+    return n_img + len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -185,7 +185,7 @@ class Trainer:
         for _ in range(cfg.grad_accum):
             batch = next(batches)
             self.skipped += int(batch.pop(SKIPPED_KEY, 0))
-            batch = send_to_device(batch, acc.device, non_blocking=True)
+            batch = self.processor.normalize_images(send_to_device(batch, acc.device, non_blocking=True))
             with acc.accumulate(self.model), acc.autocast():
                 out = self.model(**batch)
                 acc.backward(out.loss)  # accelerate divides by grad_accum

@@ -128,8 +128,13 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         region_masks: list[torch.Tensor] | None = None,
         region_crop_pixel_values: torch.Tensor | None = None,
         region_crop_masks: torch.Tensor | None = None,
+        sam_image_embeds: torch.Tensor | None = None,
+        sam_valid_sizes: torch.Tensor | None = None,
     ):
         """Token embeddings with image features and visual prompts written into their slots.
+
+        ``sam_image_embeds`` ``(B, C, g, g)`` / ``sam_valid_sizes`` ``(B, 2)``: the full-image SAM
+        embeddings, for ``region_feature_source="image"`` (see :meth:`region_sam_embeddings`).
 
         Returns ``(inputs_embeds (B, L, d), vision_features, t_mask (R, d) | None, t_pos (R, d) | None,
         region_image_index (R,) | None)``.
@@ -154,13 +159,30 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                 raise ValueError("region prompts need the image (pixel_values)")
             region_index = mb
             crop_feats = None
-            if self.config.use_local_aggregation:
+            if self.config.uses_region_crops:
                 if region_crop_pixel_values is None:
                     raise ValueError("use_local_aggregation needs region_crop_pixel_values from the processor")
+                if region_crop_pixel_values.shape[-1] != self.config.crop_size:
+                    raise ValueError(f"region crops are {region_crop_pixel_values.shape[-1]} px but the model's "
+                                     f"region_crop_size is {self.config.crop_size}: configure the processor from "
+                                     f"the model config (FCLMProcessor.configure_for)")
                 crop_feats = sam_image_embeddings(self.sam, region_crop_pixel_values)
-            t_mask, t_pos = self.region_extractor(region_masks, region_index, vision, crop_feats, region_crop_masks)
+            elif self.config.use_local_aggregation and (sam_image_embeds is None or sam_valid_sizes is None):
+                raise ValueError("region_feature_source='image' needs sam_pixel_values and sam_valid_sizes from the processor")
+            t_mask, t_pos = self.region_extractor(region_masks, region_index, vision, crop_feats, region_crop_masks,
+                                                  sam_image_features=sam_image_embeds, sam_valid_sizes=sam_valid_sizes)
             embeds = self.place_visual_prompts(embeds, input_ids, t_mask, t_pos)
         return embeds, vision, t_mask, t_pos, region_index
+
+    def region_sam_embeddings(self, sam_pixel_values: torch.Tensor | None, region_masks) -> torch.Tensor | None:
+        """Full-image SAM embeddings ``(B, C, g, g)`` when the region prompts read them
+        (``region_feature_source="image"`` and some region), else None."""
+        cfg = self.config
+        if not (region_masks and cfg.use_local_aggregation and cfg.region_feature_source == "image"):
+            return None
+        if sam_pixel_values is None:
+            raise ValueError("region_feature_source='image' needs sam_pixel_values from the processor")
+        return sam_image_embeddings(self.sam, sam_pixel_values)
 
     def place_visual_prompts(self, embeds: torch.Tensor, input_ids: torch.Tensor, t_mask: torch.Tensor,
                              t_pos: torch.Tensor) -> torch.Tensor:
@@ -178,7 +200,9 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
     def run_language_model(self, inputs_embeds, attention_mask, position_ids, cache=None, use_cache=False):
         """Call the Qwen text model; ``cache`` keyword differs across transformers 5.x releases."""
         lm = self.model.language_model
-        key = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+        key = getattr(self, "_lm_cache_key", None)
+        if key is None:  # inspected once, not at every decode step (measurable on the CPU)
+            key = self._lm_cache_key = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
         return lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                   use_cache=use_cache, **{key: cache})
 
@@ -232,10 +256,13 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         if cache is not None or use_cache:
             return self._generation_step(input_ids, attention_mask, pixel_values, image_grid_thw, region_masks,
                                          region_crop_pixel_values, region_crop_masks, position_ids, cache,
-                                         use_cache, mm_token_type_ids, logits_to_keep, **kwargs)
+                                         use_cache, mm_token_type_ids, logits_to_keep, sam_pixel_values=sam_pixel_values,
+                                         sam_valid_sizes=sam_valid_sizes, **kwargs)
         cfg = self.config
+        region_sam = self.region_sam_embeddings(sam_pixel_values, region_masks)
         embeds, vision, t_mask, t_pos, region_index = self.build_inputs_embeds(
-            input_ids, pixel_values, image_grid_thw, region_masks, region_crop_pixel_values, region_crop_masks)
+            input_ids, pixel_values, image_grid_thw, region_masks, region_crop_pixel_values, region_crop_masks,
+            region_sam, sam_valid_sizes)
         position_ids, _ = self.position_ids_for(input_ids, image_grid_thw, attention_mask)
         out = self.run_language_model(embeds, attention_mask, position_ids)
         hidden = out.last_hidden_state
@@ -260,7 +287,9 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         self_masks, self_pos, self_index = self._self_recon_inputs(region_masks, t_pos, region_index,
                                                                    object_masks, object_image_index, embeds.dtype)
         need_sam = decode_seg and len(sb) or (self_masks and cfg.self_recon_weight > 0 and sam_pixel_values is not None)
-        image_emb = sam_image_embeddings(self.sam, sam_pixel_values) if need_sam else None
+        image_emb = None
+        if need_sam:  # computed once: the region prompts may have read it already
+            image_emb = region_sam if region_sam is not None else sam_image_embeddings(self.sam, sam_pixel_values)
 
         if decode_seg and len(sb):
             prompts = self.seg_projector(result.seg_queries)
@@ -313,15 +342,17 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
     def _generation_step(self, input_ids, attention_mask, pixel_values, image_grid_thw, region_masks,
                          region_crop_pixel_values, region_crop_masks, position_ids, cache, use_cache,
-                         mm_token_type_ids, logits_to_keep, **kwargs):
+                         mm_token_type_ids, logits_to_keep, sam_pixel_values=None, sam_valid_sizes=None, **kwargs):
         """One ``generate`` step: Qwen2.5-VL's own forward, with the prefill's input embeddings built
         by :meth:`build_inputs_embeds` (image features and the regions' ``<mask><pos>`` prompts in
         their slots). Later steps only embed the new tokens (the cache holds the rest)."""
         embeds = None
         if pixel_values is not None:
             embeds, *_ = self.build_inputs_embeds(input_ids, pixel_values, image_grid_thw, region_masks,
-                                                  region_crop_pixel_values, region_crop_masks)
-        for k in ("sam_valid_sizes", "original_sizes", "labels", "target_masks", "latent_pairs", "object_masks",
+                                                  region_crop_pixel_values, region_crop_masks,
+                                                  self.region_sam_embeddings(sam_pixel_values, region_masks),
+                                                  sam_valid_sizes)
+        for k in ("original_sizes", "labels", "target_masks", "latent_pairs", "object_masks",
                   "object_image_index", "decode_seg"):
             kwargs.pop(k, None)
         return Qwen2_5_VLForConditionalGeneration.forward(

@@ -386,6 +386,8 @@ def _decode_dynamic(model, opts, requests, row_ids, row_emb, row_pos, prefix_len
     if alive:
         _with_room(cache, opts.max_new_tokens + 1)  # decode steps write in place (no torch.cat per step)
     padded = None
+    # without padding a one-token step needs no mask: say so (transformers would work it out at every step)
+    no_mask = {t: None for t in set(model.model.language_model.config.layer_types)}
     while alive:
         n_gen = len(gen[alive[0]])
         if opts.ignore_eos or n_gen < opts.min_new_tokens:
@@ -418,7 +420,7 @@ def _decode_dynamic(model, opts, requests, row_ids, row_emb, row_pos, prefix_len
         if padded is None or len(feed) < n_before:
             padded = bool((attn == 0).any())  # no padding left: plain causal attention, no mask to build
         pos = next_pos.view(1, -1, 1).expand(3, -1, 1)
-        out = model.run_language_model(emb_layer(tok_t)[:, None], attn if padded else None, pos, cache=cache,
+        out = model.run_language_model(emb_layer(tok_t)[:, None], attn if padded else no_mask, pos, cache=cache,
                                        use_cache=True)
         next_pos = next_pos + 1
         h = out.last_hidden_state[:, -1]
@@ -463,13 +465,15 @@ def run_batch(model, processor, requests: list[Request], options: GenerationOpti
     dtype = emb_layer.weight.dtype
 
     # per-row embeddings with image features in their slots
-    row_emb = []
+    row_emb, embedded = [], {}
     for ids, u in zip(row_ids, row_img):
-        t = torch.tensor(ids, device=dev)
-        e = emb_layer(t)
-        img = t == cfg.image_token_id
-        e[img] = vision[u].flatten(0, 1).to(dtype)
-        row_emb.append(e)
+        key = (u, tuple(ids))
+        if key not in embedded:  # rows with the same ids and image (N regions, one prompt) embed once
+            t = torch.tensor(ids, device=dev)
+            e = emb_layer(t)
+            e[t == cfg.image_token_id] = vision[u].flatten(0, 1).to(dtype)
+            embedded[key] = e
+        row_emb.append(embedded[key])  # shared: rows are only ever replaced out of place (place_visual_prompts)
 
     # region prompts: one extractor call for every region of every row
     masks_all, region_rows = [], []

@@ -42,8 +42,8 @@ def take_grid(mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> tor
     """``mask[rows][:, cols]`` for 1-D index tensors, as two 1-D gathers (on the CPU with numpy's
     ``take``: torch's ``index_select`` along the columns of a byte mask is ~5× slower)."""
     if mask.device.type == "cpu":
-        return torch.from_numpy(mask.numpy().take(rows.numpy(), 0).take(cols.numpy(), 1))
-    return mask.index_select(0, rows).index_select(1, cols)
+        return torch.from_numpy(mask.numpy().take(rows.cpu().numpy(), 0).take(cols.cpu().numpy(), 1))
+    return mask.index_select(0, rows.to(mask.device)).index_select(1, cols.to(mask.device))
 
 
 COVERAGE_SAMPLES = 8  # samples per cell side when a box is too large to pool exactly
@@ -68,7 +68,7 @@ def grid_coverage(mask: torch.Tensor, box: tuple, size: tuple[int, int]) -> torc
         return mask_coverage(mask[None, y0:int(y1), x0:int(x1)], (gh, gw))[0]
 
     def samples(lo, hi, cells):
-        idx = torch.arange(n * cells, device=mask.device, dtype=torch.float64) + 0.5
+        idx = torch.arange(n * cells, dtype=torch.float64) + 0.5  # on the CPU: no device sync below
         return (lo + (idx * (hi - lo) / (n * cells)).floor().long()).clamp(max=math.ceil(hi) - 1)
 
     rows, cols = samples(y0, y1, gh), samples(x0, x1, gw)

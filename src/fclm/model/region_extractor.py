@@ -10,10 +10,12 @@ Semantic branch, three progressive steps, each switchable (paper Table 9):
 
 then an MLP to the LLM width d → T_mask. With local aggregation off the pixel features are the
 vision encoder's cells inside the mask, so with everything off T_mask is the mask-pooled vision
-feature (the baseline row). Cheaper local aggregation (config, off by default until an ablation on
-real weights): ``region_crop_size`` (smaller SAM crops, e.g. 512) or ``region_feature_source="image"``
-(the cells of the full-image SAM embedding under the mask: no per-region SAM pass). Position branch: MLP over (the mask inside its box on an S×S grid, box
+feature (the baseline row). Position branch: MLP over (the mask inside its box on an S×S grid, box
 centre, box size) → T_pos.
+
+Cheaper local aggregation (config; off by default until an ablation on real weights):
+``region_crop_size`` (smaller SAM crops, e.g. 512) or ``region_feature_source="image"`` (the cells of
+the full-image SAM embedding under the mask: no per-region SAM pass).
 """
 from __future__ import annotations
 

@@ -28,7 +28,9 @@ def _encode_other_size(enc, pixel_values: torch.Tensor) -> torch.Tensor:
     ViT-H): transformers' patch-embedding module refuses other sizes, so its convolution, blocks and
     neck are called here in its own order, with the absolute position embedding resized bicubically
     to the new grid (as ViTDet does for other resolutions). The global-attention blocks resize their
-    relative-position tables themselves (``SamVisionAttention.get_rel_pos``); windowed blocks pad."""
+    relative-position tables themselves (``SamVisionAttention.get_rel_pos``); windowed blocks pad.
+    ``pos_embed`` is read outside the encoder's own forward, so under ZeRO-3 parameter sharding this
+    path would see an empty shard (untested; the default crop size never takes it)."""
     x = enc.patch_embed.projection(pixel_values).permute(0, 2, 3, 1)  # (B, g, g, D)
     if enc.pos_embed is not None:
         pos = enc.pos_embed

@@ -14,9 +14,13 @@ Measured (goals on one H100, FCLM-3B bf16, in brackets):
 * ``vision_encoder_ms`` at 1008² [≤ 25 ms]: ours (every window of a block in one SDPA call) vs
   transformers' per-window loop;
 * ``sam_crop_ms`` for 32 regions: ours (pyramid crops with tensor ops on the device, batched SAM
-  encoder in chunks of ``crop_batch``) vs one PIL crop and one SAM call per region;
+  encoder in chunks of ``crop_batch``) vs one PIL crop and one SAM call per region; and under the
+  cheaper local-aggregation options (off by default): ``crop_<S>`` = crops of ``--crop-size``
+  (``region_crop_size``; default 512, ``--tiny`` 128), ``image_source`` = the one full-image SAM pass
+  that ``region_feature_source="image"`` pools from instead of crops;
 * ``dlc_regions_per_s`` at 1, 8, 32 regions per image with 128-token captions [≥ 40 at 32]:
-  ``FCLMPipeline.describe`` vs ``model.generate`` on the processor's batch of the same rows.
+  ``FCLMPipeline.describe`` vs ``model.generate`` on the processor's batch of the same rows, and
+  ``describe`` under each cheaper option (same weights, the config switched for the call).
 
     python benchmarks/gpu_infer.py            # GPU, FCLM-3B random weights
     python benchmarks/gpu_infer.py --tiny     # CPU check
@@ -80,6 +84,8 @@ def main(argv=None) -> int:
                     help="new-token counts differenced for ms/token (default 16 80; --tiny: 2 6)")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per figure (median; default 3, --tiny 1)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["decode", "vision", "sam", "dlc", "plain"])
+    ap.add_argument("--crop-size", type=int, default=None,
+                    help="region_crop_size of the smaller-crop option (default 512; --tiny: 128)")
     ap.add_argument("--compile", action="store_true",
                     help="also time static-cache decode steps under torch.compile (adds compile time)")
     ap.add_argument("--out", help="also write the JSON summary here")
@@ -114,7 +120,27 @@ def main(argv=None) -> int:
                                                      args.repeats or 3)
         what = f"random-weight {args.preset.upper()}, bfloat16"
     model.eval()
+    from contextlib import contextmanager
+
     from fclm.model.processing_fclm import _image_processor
+
+    small_crop = args.crop_size or (128 if args.tiny else 512)
+    options = {f"crop_{small_crop}": dict(region_crop_size=small_crop), "image_source": dict(region_feature_source="image")}
+
+    @contextmanager
+    def region_option(**kw):
+        """The model's config (and the processor made from it) switched to a cheaper option for a while."""
+        old = {k: getattr(model.config, k) for k in kw}
+        for k, v in kw.items():
+            setattr(model.config, k, v)
+        model.config.validate_fclm()
+        proc.configure_for(model.config)
+        try:
+            yield
+        finally:
+            for k, v in old.items():
+                setattr(model.config, k, v)
+            proc.configure_for(model.config)
 
     proc.image_long_side = side  # the vision encoder sees the image at its own size (1008² → 72×72 patches)
     proc.image_processor = _image_processor(side, proc.patch_size, proc.merge_size)
@@ -185,17 +211,21 @@ def main(argv=None) -> int:
 
     if "sam" not in args.skip:
         from fclm.model.mask_decoding import sam_image_embeddings
-        from fclm.model.processing_fclm import CropSource, region_crop, region_crops
+        from fclm.model.processing_fclm import CropSource, region_crop, region_crops, sam_preprocess
 
         n = 32 if not args.tiny else 4
         S = proc.sam_image_size
 
-        def sam_ours():
-            src = CropSource(img, S, device)
+        def sam_ours(size=S):
+            src = CropSource(img, size, device)
             tm = [torch.from_numpy(m).to(device) for m in masks[:n]]
             crops, _ = region_crops(src, tm, proc.crop_margin)
             step = 8
             return [sam_image_embeddings(model.sam, crops[i: i + step]) for i in range(0, n, step)]
+
+        def sam_full_image():  # region_feature_source="image": one pass, whatever the number of regions
+            px, _ = sam_preprocess(img, S)
+            return sam_image_embeddings(model.sam, torch.from_numpy(px)[None].to(device))
 
         def sam_per_region():
             out = []
@@ -207,8 +237,13 @@ def main(argv=None) -> int:
         with torch.inference_mode():
             t_ours, _ = timed(sam_ours, device, reps)
             t_loop, _ = timed(sam_per_region, device, reps)
+            sam_ours(small_crop)  # warm-up at the new size
+            t_small, _ = timed(lambda: sam_ours(small_crop), device, reps)
+            t_image, _ = timed(sam_full_image, device, reps)
         summary["sam_crop_ms"] = {"regions": n, "crop_size": S, "ours": round(t_ours * 1000, 1),
-                                  "per_region_calls": round(t_loop * 1000, 1)}
+                                  "per_region_calls": round(t_loop * 1000, 1),
+                                  f"crop_{small_crop}": round(t_small * 1000, 1),
+                                  "image_source": round(t_image * 1000, 1)}
         print(json.dumps({"sam_crop_ms": summary["sam_crop_ms"]}), file=sys.stderr)
 
     if "dlc" not in args.skip:
@@ -221,6 +256,12 @@ def main(argv=None) -> int:
             row = {"regions": n, "new_tokens": cap_tokens, "ours_s": round(t_ours, 3),
                    "ours_regions_per_s": round(n / t_ours, 2), "ours_static_cache_regions_per_s": round(n / t_st, 2),
                    "static_cache_same_text": [r.raw for r in res] == [r.raw for r in res_st]}
+            for name, kw in options.items():
+                with region_option(**kw):
+                    pipe.describe(img, masks[:1], max_new_tokens=2, ignore_eos=True)  # warm-up (new shapes)
+                    t_opt, _ = timed(lambda: pipe.describe(img, masks[:n], max_new_tokens=cap_tokens, ignore_eos=True),
+                                     device, reps)
+                row[f"ours_{name}_regions_per_s"] = round(n / t_opt, 2)
             if plain:
                 t_hf, out = timed(lambda: hf(n, cap_tokens), device, reps)
                 row.update(plain_generate_s=round(t_hf, 3), plain_generate_regions_per_s=round(n / t_hf, 2),

@@ -291,3 +291,38 @@ def test_static_decode_step_is_one_graph(tiny):
         explained = dynamo.explain(step)(emb, pos, torch.tensor([S]))
     assert explained.graph_count == 1 and explained.graph_break_count == 0
     assert torch.isfinite(eager).all() and eager.shape == (B, 1, cfg.hidden_size)
+
+
+def test_buffered_kv_layers_equal_dynamic_cache(tiny):
+    """Decode steps writing K/V in place (room reserved once) give bit-identical states to
+    transformers' DynamicCache, which concatenates at every step; dropping rows keeps them equal."""
+    from transformers import DynamicCache
+
+    from fclm.infer.decoding import _prune, _with_room
+
+    model, _, _ = tiny
+    model = model.eval()
+    g = torch.Generator().manual_seed(0)
+    B, L, d = 3, 9, model.config.text_config.hidden_size
+    emb = torch.randn(B, L, d, generator=g)
+    steps = torch.randn(5, B, 1, d, generator=g)
+    pos = torch.arange(L).view(1, 1, L).expand(3, B, L)
+    out = {}
+    with torch.inference_mode():
+        for buffered in (False, True):
+            cache = DynamicCache(config=model.config)
+            model.run_language_model(emb, None, pos, cache=cache, use_cache=True)
+            if buffered:
+                _with_room(cache, 2)  # less room than steps: the layer grows when full
+                assert type(cache.layers[0]).__name__ == "BufferedLayer"
+            hs, rows = [], torch.arange(B)
+            for t in range(5):
+                if t == 3:  # the middle row finished: prune it
+                    rows = torch.tensor([0, 2])
+                    _prune(cache, torch.tensor([0, 2]))
+                p = torch.full((3, len(rows), 1), L + t)
+                hs.append(model.run_language_model(steps[t][rows], None, p, cache=cache,
+                                                   use_cache=True).last_hidden_state)
+            out[buffered] = hs
+            assert cache.get_seq_length() == L + 5
+    assert all(torch.equal(a, b) for a, b in zip(out[False], out[True]))

@@ -132,11 +132,20 @@ class _ImageEnc:
         self.original_size = (image.size[1], image.size[0])
         self._sam = None
         self._crops = None
+        self._sam_emb = None
 
-    def crop_source(self, processor, device) -> CropSource:
+    def crop_source(self, size: int, device) -> CropSource:
         if self._crops is None:
-            self._crops = CropSource(self.image, processor.sam_image_size, device)
+            self._crops = CropSource(self.image, size, device)
         return self._crops
+
+    def sam_embedding(self, model, processor, device) -> torch.Tensor:
+        """``(C, g, g)`` SAM embedding of the whole image, computed once (region prompts with
+        ``region_feature_source="image"`` and `[SEG]` decoding share it)."""
+        if self._sam_emb is None:
+            px = torch.from_numpy(self.sam(processor)[0])[None].to(device)
+            self._sam_emb = sam_image_embeddings(model.sam, px)[0]
+        return self._sam_emb
 
     def sam(self, processor):
         if self._sam is None:
@@ -149,6 +158,7 @@ def _encode_rows(processor, requests: list[Request]):
     keys: dict[Hashable, int] = {}
     images: list[_ImageEnc] = []
     row_ids, row_img, boxes = [], [], []
+    tokenized: dict = {}
     for i, rq in enumerate(requests):
         where = f"{rq.name}: " if rq.name else (f"query {i}: " if len(requests) > 1 else "")
         k = rq.key()
@@ -166,7 +176,10 @@ def _encode_rows(processor, requests: list[Request]):
             except ValueError:
                 raise FCLMDataError(f"{where}region {j}: mask is empty") from None
         text = processor.user_text(rq.user, len(rq.regions), where)
-        ids, _ = processor.build_ids(text, rq.answer, enc.n_tokens)
+        key = (text, rq.answer, enc.n_tokens)
+        if key not in tokenized:  # rows that differ only by their regions (N regions, one prompt) tokenize once
+            tokenized[key] = processor.build_ids(text, rq.answer, enc.n_tokens)[0]
+        ids = list(tokenized[key])
         check_text_length(len(ids), processor.max_length, rq.user if rq.answer is None else f"{rq.user} / {rq.answer}",
                           f"{where}prompt")
         row_ids.append(ids)
@@ -206,9 +219,57 @@ def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     return text[: min(hits)].rstrip(), True
 
 
+def _buffered_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class BufferedLayer(DynamicLayer):
+        """A ``DynamicLayer`` whose keys/values sit in a buffer with room for the tokens still to
+        come: ``update`` writes the new tokens in place and returns views of the filled part — the
+        same shapes and values as ``DynamicLayer``'s ``torch.cat``, without copying the whole cache
+        at every step (at full size: every layer's ≈ 1.3 k-token image prompt, per row, per step)."""
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int):
+            super().__init__()
+            self.device, self.is_initialized, self.n = keys.device, True, keys.shape[-2]
+            self._k = keys.new_empty(*keys.shape[:2], self.n + room, keys.shape[-1])
+            self._v = values.new_empty(*values.shape[:2], self.n + room, values.shape[-1])
+            self._k[:, :, : self.n], self._v[:, :, : self.n] = keys, values
+            self._views()
+
+        def _views(self):
+            self.keys, self.values = self._k[:, :, : self.n], self._v[:, :, : self.n]
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            m = key_states.shape[-2]
+            if self.n + m > self._k.shape[-2]:  # out of room (not expected): grow
+                self._k = torch.cat([self._k, self._k.new_empty(*self._k.shape[:2], self.n + m, self._k.shape[-1])], -2)
+                self._v = torch.cat([self._v, self._v.new_empty(*self._v.shape[:2], self.n + m, self._v.shape[-1])], -2)
+            self._k[:, :, self.n: self.n + m] = key_states
+            self._v[:, :, self.n: self.n + m] = value_states
+            self.n += m
+            self._views()
+            return self.keys, self.values
+
+        def select_rows(self, keep: torch.Tensor) -> None:
+            self._k, self._v = self._k.index_select(0, keep), self._v.index_select(0, keep)
+            self._views()
+
+    return BufferedLayer
+
+
+def _with_room(cache, room: int) -> None:
+    """Move every filled layer of a ``DynamicCache`` into a buffer with ``room`` free columns."""
+    cls = _buffered_layer_class()
+    for i, layer in enumerate(cache.layers):
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            cache.layers[i] = cls(layer.keys, layer.values, room)
+
+
 def _prune(cache, keep: torch.Tensor) -> None:
     for layer in cache.layers:
-        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+        if hasattr(layer, "select_rows"):
+            layer.select_rows(keep)
+        elif getattr(layer, "keys", None) is not None and layer.keys.numel():
             layer.keys = layer.keys.index_select(0, keep)
             layer.values = layer.values.index_select(0, keep)
 
@@ -322,7 +383,11 @@ def _decode_dynamic(model, opts, requests, row_ids, row_emb, row_pos, prefix_len
             attn = attn[keep]
         next_pos = next_pos[keep]
     del hidden, out
+    if alive:
+        _with_room(cache, opts.max_new_tokens + 1)  # decode steps write in place (no torch.cat per step)
     padded = None
+    # without padding a one-token step needs no mask: say so (transformers would work it out at every step)
+    no_mask = {t: None for t in set(model.model.language_model.config.layer_types)}
     while alive:
         n_gen = len(gen[alive[0]])
         if opts.ignore_eos or n_gen < opts.min_new_tokens:
@@ -355,7 +420,7 @@ def _decode_dynamic(model, opts, requests, row_ids, row_emb, row_pos, prefix_len
         if padded is None or len(feed) < n_before:
             padded = bool((attn == 0).any())  # no padding left: plain causal attention, no mask to build
         pos = next_pos.view(1, -1, 1).expand(3, -1, 1)
-        out = model.run_language_model(emb_layer(tok_t)[:, None], attn if padded else None, pos, cache=cache,
+        out = model.run_language_model(emb_layer(tok_t)[:, None], attn if padded else no_mask, pos, cache=cache,
                                        use_cache=True)
         next_pos = next_pos + 1
         h = out.last_hidden_state[:, -1]
@@ -400,13 +465,15 @@ def run_batch(model, processor, requests: list[Request], options: GenerationOpti
     dtype = emb_layer.weight.dtype
 
     # per-row embeddings with image features in their slots
-    row_emb = []
+    row_emb, embedded = [], {}
     for ids, u in zip(row_ids, row_img):
-        t = torch.tensor(ids, device=dev)
-        e = emb_layer(t)
-        img = t == cfg.image_token_id
-        e[img] = vision[u].flatten(0, 1).to(dtype)
-        row_emb.append(e)
+        key = (u, tuple(ids))
+        if key not in embedded:  # rows with the same ids and image (N regions, one prompt) embed once
+            t = torch.tensor(ids, device=dev)
+            e = emb_layer(t)
+            e[t == cfg.image_token_id] = vision[u].flatten(0, 1).to(dtype)
+            embedded[key] = e
+        row_emb.append(embedded[key])  # shared: rows are only ever replaced out of place (place_visual_prompts)
 
     # region prompts: one extractor call for every region of every row
     masks_all, region_rows = [], []
@@ -416,13 +483,16 @@ def run_batch(model, processor, requests: list[Request], options: GenerationOpti
             region_rows.append(r)
     if masks_all:
         rows_t = torch.tensor(region_rows, device=dev)
-        crop_feats = crop_masks = None
-        if cfg.use_local_aggregation:
+        crop_feats = crop_masks = sam_rows = valid_rows = None
+        if cfg.use_local_aggregation and cfg.region_feature_source == "image":
+            sam_rows = [images[u].sam_embedding(model, processor, dev) for u in row_img]
+            valid_rows = [images[u].sam(processor)[1] for u in row_img]
+        elif cfg.use_local_aggregation:
             crops, cms, k = [], [], 0
             for r, rq in enumerate(requests):
                 if rq.regions:  # crops made with tensor ops on the model's device
                     n = len(rq.regions)
-                    c, cm = region_crops(images[row_img[r]].crop_source(processor, dev), masks_all[k: k + n],
+                    c, cm = region_crops(images[row_img[r]].crop_source(cfg.crop_size, dev), masks_all[k: k + n],
                                          processor.crop_margin, boxes[k: k + n])
                     crops.append(c)
                     cms.append(cm)
@@ -432,7 +502,8 @@ def run_batch(model, processor, requests: list[Request], options: GenerationOpti
             crop_feats = torch.cat([sam_image_embeddings(model.sam, cp[i: i + step]) for i in range(0, len(cp), step)])
             crop_masks = torch.cat(cms)
         vis_rows = [vision[u] for u in row_img]
-        t_mask, t_pos = model.region_extractor(masks_all, rows_t, vis_rows, crop_feats, crop_masks, boxes)
+        t_mask, t_pos = model.region_extractor(masks_all, rows_t, vis_rows, crop_feats, crop_masks, boxes,
+                                               sam_image_features=sam_rows, sam_valid_sizes=valid_rows)
         k = 0
         for r, ids in enumerate(row_ids):
             n = len(requests[r].regions)
@@ -510,10 +581,12 @@ def run_batch(model, processor, requests: list[Request], options: GenerationOpti
             need = sorted({row_img[r] for r in seg_rows})
             where = {u: i for i, u in enumerate(need)}
             sam_in = [images[u].sam(processor) for u in need]
-            px = torch.from_numpy(np.stack([s[0] for s in sam_in])).to(dev)
             valid = torch.tensor([s[1] for s in sam_in])
             orig = torch.tensor([images[u].original_size for u in need])
-            emb = sam_image_embeddings(model.sam, px)
+            if all(images[u]._sam_emb is not None for u in need):  # already read by the region prompts
+                emb = torch.stack([images[u]._sam_emb for u in need])
+            else:
+                emb = sam_image_embeddings(model.sam, torch.from_numpy(np.stack([s[0] for s in sam_in])).to(dev))
             states = torch.cat([results[r].seg_states for r in seg_rows])
             index = torch.tensor([where[row_img[r]] for r in seg_rows for _ in range(len(results[r].seg_states))],
                                  device=dev)

@@ -114,7 +114,7 @@ def build_tiny(out_dir: str | None = None, seed: int = 0, texts: Iterable[str] |
     set_token_ids(config, processor)
     model = FCLMForConditionalGeneration(config)
     set_generation_config(model, processor)
-    processor.with_local_crops = config.use_local_aggregation
+    processor.configure_for(config)
     if out_dir:
         save_fclm(model, processor, out_dir)
     return model, processor
@@ -220,6 +220,7 @@ def build_from_pretrained(llm: str, sam: str, dtype=torch.bfloat16, **config_ove
     if len(tok) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tok))
     set_generation_config(model, processor)
+    processor.configure_for(config)
     return model, processor
 
 
@@ -260,7 +261,7 @@ def load_fclm(path: str, device: str | torch.device | None = None, dtype=None):
                 p.data = p.data.clone()
     processor = FCLMProcessor.from_pretrained(path)
     set_generation_config(model, processor)  # folders saved before both end tokens were written
-    processor.with_local_crops = model.config.use_local_aggregation
+    processor.configure_for(model.config)
     if device is not None:
         model.to(device)
     return model.eval(), processor
@@ -279,4 +280,5 @@ def random_preset(name: str, dtype=torch.bfloat16, device: str | torch.device = 
     finally:
         torch.set_default_dtype(prev)
     set_generation_config(model, processor)
+    processor.configure_for(config)
     return model, processor

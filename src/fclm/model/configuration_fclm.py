@@ -36,6 +36,16 @@ class FCLMConfig(Qwen2_5_VLConfig):
         slots (paper Table 8); a slot left unused keeps its learned token embedding.
     deformable_points / deformable_heads: semantic-guidance sampling points K and heads.
     local_crop_margin (`float`): context margin around the mask box, as a fraction of its size.
+    region_feature_source (`str`, "crop" | "image", defaults to "crop"): where local aggregation
+        reads SAM features. "crop": one SAM encoder pass per region on a crop around its mask (the
+        paper). "image": the cells of the full-image SAM embedding under the mask (one SAM pass per
+        image, shared with `[SEG]` decoding; no per-region SAM pass, coarser features for small
+        regions). A cheaper option, off until an ablation on real weights says otherwise.
+    region_crop_size (`int`, *optional*): side of the SAM crops for ``region_feature_source="crop"``
+        (None: SAM's input size, 1024 for ViT-H). E.g. 512: 4× fewer SAM tokens per region, the
+        absolute position embedding resized (``fclm.model.mask_decoding.sam_image_embeddings``).
+        A multiple of SAM's patch size, at most its input size. Off (None) until an ablation says
+        otherwise.
     pos_grid_size (`int`): S of the S×S mask grid the position branch sees.
     pos_fourier_bands (`int`, defaults to 0): when > 0, the position branch also sees sin/cos of
         the box centre and size at this many octave frequencies (a Fourier input encoding; 0 = the
@@ -76,6 +86,8 @@ class FCLMConfig(Qwen2_5_VLConfig):
     deformable_points: int = 4
     deformable_heads: int = 8
     local_crop_margin: float = 0.1
+    region_feature_source: str = "crop"
+    region_crop_size: int | None = None
     pos_grid_size: int = 16
     pos_fourier_bands: int = 0
     max_region_pixels: int = 1024
@@ -115,6 +127,13 @@ class FCLMConfig(Qwen2_5_VLConfig):
             raise ValueError(f"self_recon_scope must be 'regions' or 'all_objects', got {self.self_recon_scope!r}")
         if self.latent_space not in ("prompt", "llm"):
             raise ValueError(f"latent_space must be 'prompt' or 'llm', got {self.latent_space!r}")
+        if self.region_feature_source not in ("crop", "image"):
+            raise ValueError(f"region_feature_source must be 'crop' or 'image', got {self.region_feature_source!r}")
+        if self.region_crop_size is not None:
+            vc = self.sam_config.vision_config
+            if not 0 < self.region_crop_size <= vc.image_size or self.region_crop_size % vc.patch_size:
+                raise ValueError(f"region_crop_size must be a multiple of SAM's patch size {vc.patch_size} in "
+                                 f"[{vc.patch_size}, {vc.image_size}], got {self.region_crop_size}")
         for stage, groups in self.stages.items():
             bad = [g for g in groups if g not in MODULE_GROUPS]
             if bad:
@@ -129,6 +148,16 @@ class FCLMConfig(Qwen2_5_VLConfig):
     @property
     def llm_hidden_size(self) -> int:
         return self.text_config.hidden_size
+
+    @property
+    def crop_size(self) -> int:
+        """Side of the local-aggregation SAM crops (``region_crop_size`` or SAM's input size)."""
+        return self.region_crop_size or self.sam_config.vision_config.image_size
+
+    @property
+    def uses_region_crops(self) -> bool:
+        """Whether the processor must make per-region crops (local aggregation from crops)."""
+        return self.use_local_aggregation and self.region_feature_source == "crop"
 
     @property
     def sam_prompt_size(self) -> int:

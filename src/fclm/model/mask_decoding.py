@@ -37,18 +37,41 @@ class FreezableLinear(nn.Linear):
         return F.linear(x, self.weight.detach(), None if self.bias is None else self.bias.detach())
 
 
+def _encode_other_size(enc, pixel_values: torch.Tensor) -> torch.Tensor:
+    """SAM's image encoder on an input of another size than its own (e.g. 512² crops for a 1024²
+    ViT-H): transformers' patch-embedding module refuses other sizes, so its convolution, blocks and
+    neck are called here in its own order, with the absolute position embedding resized bicubically
+    to the new grid (as ViTDet does for other resolutions). The global-attention blocks resize their
+    relative-position tables themselves (``SamVisionAttention.get_rel_pos``); windowed blocks pad.
+    ``pos_embed`` is read outside the encoder's own forward, so under ZeRO-3 parameter sharding this
+    path would see an empty shard (untested; the default crop size never takes it)."""
+    x = enc.patch_embed.projection(pixel_values).permute(0, 2, 3, 1)  # (B, g, g, D)
+    if enc.pos_embed is not None:
+        pos = enc.pos_embed
+        if pos.shape[1:3] != x.shape[1:3]:
+            pos = F.interpolate(pos.permute(0, 3, 1, 2).float(), size=x.shape[1:3], mode="bicubic",
+                                align_corners=False).permute(0, 2, 3, 1).to(x.dtype)
+        x = x + pos
+    for layer in enc.layers:
+        x = layer(x)
+    return enc.neck(x)
+
+
 def sam_image_embeddings(sam, pixel_values: torch.Tensor) -> torch.Tensor:
-    """SAM image encoder, ``(B, 3, S, S)`` → ``(B, C, g, g)``.
+    """SAM image encoder, ``(B, 3, S, S)`` → ``(B, C, g, g)`` (``g = S / patch``).
 
     Calls ``vision_encoder`` directly (``SamModel.get_image_embeddings`` is ``no_grad``) and only
-    builds a graph when some encoder parameter trains.
+    builds a graph when some encoder parameter trains. ``S`` may be smaller than SAM's input size
+    (``region_crop_size``; see :func:`_encode_other_size`).
     """
     enc = sam.vision_encoder
     pixel_values = pixel_values.to(enc.patch_embed.projection.weight.dtype)
+    native = tuple(pixel_values.shape[-2:]) == tuple(enc.patch_embed.image_size)
+    run = (lambda x: enc(x)[0]) if native else (lambda x: _encode_other_size(enc, x))
     if any(p.requires_grad for p in enc.parameters()) and torch.is_grad_enabled():
-        return enc(pixel_values)[0]
+        return run(pixel_values)
     with torch.no_grad():
-        return enc(pixel_values)[0]
+        return run(pixel_values)
 
 
 def decode_masks(

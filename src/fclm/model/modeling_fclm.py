@@ -129,12 +129,16 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         region_crop_pixel_values: torch.Tensor | None = None,
         region_crop_masks: torch.Tensor | None = None,
         image_index: torch.LongTensor | None = None,
+        sam_image_embeds: torch.Tensor | None = None,
+        sam_valid_sizes: torch.Tensor | None = None,
     ):
         """Token embeddings with image features and visual prompts written into their slots.
 
         ``image_index`` ``(B,)``: row → image of ``pixel_values`` (distinct images, each encoded
-        once); None: one image per row. Returns ``(inputs_embeds (B, L, d), vision_features (one per
-        row), t_mask (R, d) | None, t_pos (R, d) | None, region_image_index (R,) | None)``.
+        once); None: one image per row. ``sam_image_embeds`` ``(B, C, g, g)`` / ``sam_valid_sizes``
+        ``(B, 2)``: the full-image SAM embeddings of each row, for ``region_feature_source="image"``
+        (see :meth:`region_sam_embeddings`). Returns ``(inputs_embeds (B, L, d), vision_features (one
+        per row), t_mask (R, d) | None, t_pos (R, d) | None, region_image_index (R,) | None)``.
         """
         embeds = self.get_input_embeddings()(input_ids)
         vision = None
@@ -163,13 +167,30 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                 raise ValueError("region prompts need the image (pixel_values)")
             region_index = mb
             crop_feats = None
-            if self.config.use_local_aggregation:
+            if self.config.uses_region_crops:
                 if region_crop_pixel_values is None:
                     raise ValueError("use_local_aggregation needs region_crop_pixel_values from the processor")
+                if region_crop_pixel_values.shape[-1] != self.config.crop_size:
+                    raise ValueError(f"region crops are {region_crop_pixel_values.shape[-1]} px but the model's "
+                                     f"region_crop_size is {self.config.crop_size}: configure the processor from "
+                                     f"the model config (FCLMProcessor.configure_for)")
                 crop_feats = sam_image_embeddings(self.sam, region_crop_pixel_values)
-            t_mask, t_pos = self.region_extractor(region_masks, region_index, vision, crop_feats, region_crop_masks)
+            elif self.config.use_local_aggregation and (sam_image_embeds is None or sam_valid_sizes is None):
+                raise ValueError("region_feature_source='image' needs sam_pixel_values and sam_valid_sizes from the processor")
+            t_mask, t_pos = self.region_extractor(region_masks, region_index, vision, crop_feats, region_crop_masks,
+                                                  sam_image_features=sam_image_embeds, sam_valid_sizes=sam_valid_sizes)
             embeds = self.place_visual_prompts(embeds, input_ids, t_mask, t_pos)
         return embeds, vision, t_mask, t_pos, region_index
+
+    def region_sam_embeddings(self, sam_pixel_values: torch.Tensor | None, region_masks) -> torch.Tensor | None:
+        """Full-image SAM embeddings ``(B, C, g, g)`` when the region prompts read them
+        (``region_feature_source="image"`` and some region), else None."""
+        cfg = self.config
+        if not (region_masks and cfg.use_local_aggregation and cfg.region_feature_source == "image"):
+            return None
+        if sam_pixel_values is None:
+            raise ValueError("region_feature_source='image' needs sam_pixel_values from the processor")
+        return sam_image_embeddings(self.sam, sam_pixel_values)
 
     def place_visual_prompts(self, embeds: torch.Tensor, input_ids: torch.Tensor, t_mask: torch.Tensor,
                              t_pos: torch.Tensor) -> torch.Tensor:
@@ -187,7 +208,9 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
     def run_language_model(self, inputs_embeds, attention_mask, position_ids, cache=None, use_cache=False):
         """Call the Qwen text model; ``cache`` keyword differs across transformers 5.x releases."""
         lm = self.model.language_model
-        key = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+        key = getattr(self, "_lm_cache_key", None)
+        if key is None:  # inspected once, not at every decode step (measurable on the CPU)
+            key = self._lm_cache_key = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
         return lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                   use_cache=use_cache, **{key: cache})
 
@@ -246,11 +269,15 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         if cache is not None or use_cache:
             return self._generation_step(input_ids, attention_mask, pixel_values, image_grid_thw, region_masks,
                                          region_crop_pixel_values, region_crop_masks, position_ids, cache,
-                                         use_cache, mm_token_type_ids, logits_to_keep, **kwargs)
+                                         use_cache, mm_token_type_ids, logits_to_keep, sam_pixel_values=sam_pixel_values,
+                                         sam_valid_sizes=sam_valid_sizes, **kwargs)
         cfg = self.config
+        region_sam = self.region_sam_embeddings(sam_pixel_values, region_masks)  # every (distinct) image, or None
+        row_image = (torch.arange(input_ids.shape[0], device=input_ids.device) if image_index is None
+                     else image_index.to(input_ids.device))
         embeds, vision, t_mask, t_pos, region_index = self.build_inputs_embeds(
             input_ids, pixel_values, image_grid_thw, region_masks, region_crop_pixel_values, region_crop_masks,
-            image_index)
+            image_index, *self._per_row(region_sam, sam_valid_sizes, row_image))
         position_ids, _ = self.position_ids_for(input_ids, image_grid_thw, attention_mask)
         out = self.run_language_model(embeds, attention_mask, position_ids)
         hidden = out.last_hidden_state
@@ -280,7 +307,9 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             self_index = self_index.to(sb.device)
             sam_rows.append(self_index)
         image_emb = None
-        if sam_rows:
+        if sam_rows and region_sam is not None:  # every image is encoded already: the region prompts read it
+            image_emb, sam_slot = region_sam, row_image.to(sb.device)
+        elif sam_rows:
             image_emb, sam_slot, sam_valid_sizes, original_sizes = self._sam_images(
                 torch.cat(sam_rows), image_index, input_ids.shape[0], sam_pixel_values, sam_valid_sizes, original_sizes)
 
@@ -335,15 +364,17 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
     def _generation_step(self, input_ids, attention_mask, pixel_values, image_grid_thw, region_masks,
                          region_crop_pixel_values, region_crop_masks, position_ids, cache, use_cache,
-                         mm_token_type_ids, logits_to_keep, **kwargs):
+                         mm_token_type_ids, logits_to_keep, sam_pixel_values=None, sam_valid_sizes=None, **kwargs):
         """One ``generate`` step: Qwen2.5-VL's own forward, with the prefill's input embeddings built
         by :meth:`build_inputs_embeds` (image features and the regions' ``<mask><pos>`` prompts in
         their slots). Later steps only embed the new tokens (the cache holds the rest)."""
         embeds = None
         if pixel_values is not None:
             embeds, *_ = self.build_inputs_embeds(input_ids, pixel_values, image_grid_thw, region_masks,
-                                                  region_crop_pixel_values, region_crop_masks)
-        for k in ("sam_valid_sizes", "original_sizes", "labels", "target_masks", "latent_pairs", "object_masks",
+                                                  region_crop_pixel_values, region_crop_masks,
+                                                  sam_image_embeds=self.region_sam_embeddings(sam_pixel_values, region_masks),
+                                                  sam_valid_sizes=sam_valid_sizes)
+        for k in ("original_sizes", "labels", "target_masks", "latent_pairs", "object_masks",
                   "object_image_index", "decode_seg"):
             kwargs.pop(k, None)
         return Qwen2_5_VLForConditionalGeneration.forward(
@@ -409,6 +440,13 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             idx = object_image_index.to(obj_pos.device)
             index = idx if index is None else torch.cat([index, idx])
         return masks, pos, index
+
+    @staticmethod
+    def _per_row(region_sam, sam_valid_sizes, row_image):
+        """Full-image SAM embeddings and valid sizes of each row (images may be shared), or Nones."""
+        if region_sam is None:
+            return None, None
+        return region_sam[row_image.to(region_sam.device)], sam_valid_sizes[row_image.to(sam_valid_sizes.device)]
 
     def _sam_images(self, rows, image_index, n_rows, sam_pixel_values, sam_valid_sizes, original_sizes):
         """SAM image embeddings of the images of ``rows`` only, each once.

@@ -151,13 +151,14 @@ def crop_box(mask, margin: float, box: tuple[int, int, int, int] | None = None) 
 def crop_mask(mask, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
     """Nearest-neighbour ``(S, S)`` bool crop of ``mask`` (pixel-centre sampling, as PIL's NEAREST):
     only the S² sampled pixels are read."""
+    from .region_extractor import take_grid
+
     m = torch.from_numpy(np.ascontiguousarray(mask)) if isinstance(mask, np.ndarray) else mask
     x0, y0, x1, y1 = box
     idx = torch.arange(size, device=m.device, dtype=torch.float64) + 0.5
     rows = (y0 + (idx * (y1 - y0) / size).floor().long()).clamp(max=y1 - 1)
     cols = (x0 + (idx * (x1 - x0) / size).floor().long()).clamp(max=x1 - 1)
-    m = m.view(torch.uint8) if m.dtype == torch.bool else m
-    return m.index_select(0, rows).index_select(1, cols).bool()  # two 1-D gathers: far cheaper than m[r, c]
+    return take_grid(m, rows, cols).bool()  # two 1-D gathers: far cheaper than m[r, c]
 
 
 def region_crops(source: "CropSource", masks, margin: float,
@@ -212,7 +213,8 @@ class FCLMProcessor:
     def __init__(self, tokenizer, image_long_side: int = 1024, sam_image_size: int = 1024,
                  patch_size: int = 14, merge_size: int = 2, with_local_crops: bool = True,
                  crop_margin: float = 0.1, max_length: int = 4096,
-                 system_prompt: str = "You are a helpful assistant.", with_object_masks: bool = False):
+                 system_prompt: str = "You are a helpful assistant.", with_object_masks: bool = False,
+                 region_crop_size: int | None = None):
         self.tokenizer = tokenizer
         self.token_ids = add_fclm_tokens(tokenizer)
         for t in CHAT_TOKENS:
@@ -221,6 +223,7 @@ class FCLMProcessor:
         self.image_long_side, self.sam_image_size = image_long_side, sam_image_size
         self.patch_size, self.merge_size = patch_size, merge_size
         self.with_local_crops, self.crop_margin = with_local_crops, crop_margin
+        self.region_crop_size = region_crop_size  # None: sam_image_size (see crop_size)
         self.max_length, self.system_prompt = max_length, system_prompt
         self.with_object_masks = with_object_masks  # set from config.self_recon_scope by the trainer
         self.image_processor = _image_processor(image_long_side, patch_size, merge_size)
@@ -230,8 +233,20 @@ class FCLMProcessor:
     # ------------------------------------------------------------ persistence
     def to_dict(self) -> dict:
         keys = ("image_long_side", "sam_image_size", "patch_size", "merge_size", "with_local_crops",
-                "crop_margin", "max_length", "system_prompt")
+                "crop_margin", "max_length", "system_prompt", "region_crop_size")
         return {k: getattr(self, k) for k in keys}
+
+    @property
+    def crop_size(self) -> int:
+        """Side of the local-aggregation crops."""
+        return self.region_crop_size or self.sam_image_size
+
+    def configure_for(self, config) -> "FCLMProcessor":
+        """Make the region inputs the model's config asks for: per-region crops only when local
+        aggregation reads crops, at the config's crop size."""
+        self.with_local_crops = config.uses_region_crops
+        self.region_crop_size = config.region_crop_size
+        return self
 
     def save_pretrained(self, path: str) -> None:
         """Tokenizer files, ``fclm_processor.json`` (our settings) and ``processor_config.json`` (names
@@ -344,7 +359,7 @@ class FCLMProcessor:
             raise FCLMDataError(f"{where}conversation is {len(ids)} tokens, above max_length={self.max_length}")
         crops, cmasks = [], []
         if self.with_local_crops and region_masks:
-            c, cm = region_crops(CropSource(image, self.sam_image_size), region_masks, self.crop_margin)
+            c, cm = region_crops(CropSource(image, self.crop_size), region_masks, self.crop_margin)
             crops, cmasks = list(c.numpy()), list(cm.numpy())
         rk, sk = pair_keys if pair_keys else ([None] * len(region_masks), [None] * len(target_masks or []))
         return EncodedExample(ids, labels, vis["pixel_values"], grid, sam_px, valid, (H, W), region_masks,

@@ -12,6 +12,10 @@ then an MLP to the LLM width d → T_mask. With local aggregation off the pixel 
 vision encoder's cells inside the mask, so with everything off T_mask is the mask-pooled vision
 feature (the baseline row). Position branch: MLP over (the mask inside its box on an S×S grid, box
 centre, box size) → T_pos.
+
+Cheaper local aggregation (config; off by default until an ablation on real weights):
+``region_crop_size`` (smaller SAM crops, e.g. 512) or ``region_feature_source="image"`` (the cells of
+the full-image SAM embedding under the mask: no per-region SAM pass).
 """
 from __future__ import annotations
 
@@ -36,26 +40,51 @@ def mask_coverage(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.adaptive_avg_pool2d(masks.float().unsqueeze(1), size).squeeze(1)
 
 
+def take_grid(mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``mask[rows][:, cols]`` for 1-D index tensors, as two 1-D gathers (on the CPU with numpy's
+    ``take``: torch's ``index_select`` along the columns of a byte mask is ~5× slower)."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(mask.numpy().take(rows.cpu().numpy(), 0).take(cols.cpu().numpy(), 1))
+    return mask.index_select(0, rows.to(mask.device)).index_select(1, cols.to(mask.device))
+
+
 COVERAGE_SAMPLES = 8  # samples per cell side when a box is too large to pool exactly
 
 
-def box_coverage(mask: torch.Tensor, box: tuple[int, int, int, int], s: int) -> torch.Tensor:
-    """``(s, s)`` coverage of the mask inside ``box`` (:func:`mask_coverage` of the box's pixels).
+def grid_coverage(mask: torch.Tensor, box: tuple, size: tuple[int, int]) -> torch.Tensor:
+    """``(gh, gw)`` coverage of the cells of a ``size`` grid laid over ``box`` = (x0, y0, x1, y1) of
+    the mask's pixels (x0, y0 integers; x1, y1 may be fractional and may reach past the mask, whose
+    outside counts as uncovered — e.g. the padded square of SAM's input).
 
-    A box wider or taller than ``COVERAGE_SAMPLES``·s pixels is read at COVERAGE_SAMPLES² pixel
-    centres per cell instead of every pixel (error ≤ 1/64 per cell at the default), so the cost
-    does not grow with the image's pixel count.
+    Exact (:func:`mask_coverage` of the box's pixels) when the box lies inside the mask and spans at
+    most ``COVERAGE_SAMPLES`` pixels per cell; otherwise the mask is read at COVERAGE_SAMPLES²
+    pixel centres per cell (an edge through a cell moves its estimate by at most one row of
+    samples, 1/8; ~1/64 on average), so the cost does not grow with the image's pixel count.
     """
     x0, y0, x1, y1 = box
-    n = COVERAGE_SAMPLES * s
-    if y1 - y0 <= n and x1 - x0 <= n:
-        return mask_coverage(mask[None, y0:y1, x0:x1], (s, s))[0]
-    idx = torch.arange(n, device=mask.device, dtype=torch.float64) + 0.5
-    rows = (y0 + (idx * (y1 - y0) / n).floor().long()).clamp(max=y1 - 1)
-    cols = (x0 + (idx * (x1 - x0) / n).floor().long()).clamp(max=x1 - 1)
+    gh, gw = size
+    H, W = mask.shape
+    n = COVERAGE_SAMPLES
+    inside = float(x1).is_integer() and float(y1).is_integer() and x1 <= W and y1 <= H
+    if inside and y1 - y0 <= n * gh and x1 - x0 <= n * gw:
+        return mask_coverage(mask[None, y0:int(y1), x0:int(x1)], (gh, gw))[0]
+
+    def samples(lo, hi, cells):
+        idx = torch.arange(n * cells, dtype=torch.float64) + 0.5  # on the CPU: no device sync below
+        return (lo + (idx * (hi - lo) / (n * cells)).floor().long()).clamp(max=math.ceil(hi) - 1)
+
+    rows, cols = samples(y0, y1, gh), samples(x0, x1, gw)
     m = mask.view(torch.uint8) if mask.dtype == torch.bool else mask
-    sampled = m.index_select(0, rows).index_select(1, cols)
-    return mask_coverage(sampled[None], (s, s))[0]
+    nr, nc = int((rows < H).sum()), int((cols < W).sum())  # sample positions rise: the inside ones come first
+    sampled = take_grid(m, rows[:nr], cols[:nc])
+    if (nr, nc) != (len(rows), len(cols)):
+        sampled = F.pad(sampled, (0, len(cols) - nc, 0, len(rows) - nr))
+    return mask_coverage(sampled[None], (gh, gw))[0]
+
+
+def box_coverage(mask: torch.Tensor, box: tuple[int, int, int, int], s: int) -> torch.Tensor:
+    """``(s, s)`` coverage of the mask inside ``box`` (:func:`grid_coverage` on an s×s grid)."""
+    return grid_coverage(mask, box, (s, s))
 
 
 def mask_box(mask: torch.Tensor) -> tuple[int, int, int, int]:
@@ -144,19 +173,26 @@ class DeformableGuidance(nn.Module):
         angles = torch.arange(n, dtype=torch.float32) * (2 * torch.pi / n)
         self.offsets.bias.copy_(torch.stack([angles.cos(), angles.sin()], -1).flatten())
 
-    def forward(self, query: torch.Tensor, feature_map: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    def values(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """Projected values ``(heads, C / heads, gh, gw)`` of a ``(gh, gw, D)`` feature map."""
+        gh, gw, _ = feature_map.shape
+        return self.value_proj(feature_map).permute(2, 0, 1).reshape(self.heads, -1, gh, gw)
+
+    def forward(self, query: torch.Tensor, feature_map: torch.Tensor, centers: torch.Tensor,
+                value: torch.Tensor | None = None) -> torch.Tensor:
         """
         Args:
             query: ``(R, C)`` region queries of one image.
             feature_map: ``(gh, gw, D)`` vision-encoder features of that image.
             centers: ``(R, 2)`` reference points (cx, cy), normalised to [0, 1].
+            value: ``self.values(feature_map)`` when the caller has it already.
         Returns:
             ``(R, C)`` updated queries.
         """
         R, C = query.shape
         gh, gw, _ = feature_map.shape
         h, k = self.heads, self.points
-        value = self.value_proj(feature_map).permute(2, 0, 1).reshape(h, C // h, gh, gw)
+        value = self.values(feature_map) if value is None else value
         off = self.offsets(query).view(R, h, k, 2)
         scale = torch.tensor([1.0 / gw, 1.0 / gh], device=query.device, dtype=query.dtype)
         loc = centers.view(R, 1, 1, 2) + off * scale  # normalised sampling locations
@@ -257,6 +293,29 @@ class HybridRegionExtractor(nn.Module):
         feats = torch.cat(feats, 1)
         return self.pos_norm(self.pos_branch(feats)), centers_sizes
 
+    def _pool_maps(self, region_masks, region_image_index, maps, proj, extents, dtype):
+        """Pooling (and pixel-enhancement keys) from one feature map per image: each map is projected
+        once however many regions or rows share it, and each region's cell coverage comes from
+        :func:`grid_coverage` over the map's ``extent`` (cost independent of the image's pixel count).
+
+        maps ``(gh, gw, C)`` and extents ``(x1, y1)`` (the mask pixels the map spans from (0, 0)),
+        indexed by ``region_image_index`` → keys ``(R, M, r)``, padding ``(R, M)``, pooled ``(R, r)``.
+        """
+        projected: dict = {}
+        pix, pads, pooled = [], [], []
+        for m, i in zip(region_masks, region_image_index.tolist()):
+            fmap = maps[i]
+            key = (fmap.data_ptr(), tuple(fmap.shape), fmap.stride())  # rows of one image share its map
+            if key not in projected:
+                projected[key] = proj(fmap.reshape(1, -1, fmap.shape[-1]).to(dtype))
+            gh, gw = fmap.shape[:2]
+            cover = grid_coverage(m, (0, 0, *extents[i]), (gh, gw)).flatten()[None].to(dtype)
+            p, pd, t = self._pixels(projected[key], cover, self.config.max_region_pixels)
+            pix.append(p[0]), pads.append(pd[0]), pooled.append(t[0])
+        pixels = nn.utils.rnn.pad_sequence(pix, batch_first=True)
+        pad = nn.utils.rnn.pad_sequence(pads, batch_first=True, padding_value=True)
+        return pixels, pad, torch.stack(pooled)
+
     def forward(
         self,
         region_masks: list[torch.Tensor],
@@ -265,6 +324,8 @@ class HybridRegionExtractor(nn.Module):
         sam_crop_features: torch.Tensor | None = None,
         crop_masks: torch.Tensor | None = None,
         region_boxes: list[tuple[int, int, int, int]] | None = None,
+        sam_image_features: list[torch.Tensor] | torch.Tensor | None = None,
+        sam_valid_sizes: torch.Tensor | list | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
@@ -272,9 +333,13 @@ class HybridRegionExtractor(nn.Module):
             region_image_index: ``(R,)`` which image each region belongs to.
             vision_features: per image ``(gh, gw, d)`` merged vision-encoder features.
             sam_crop_features: ``(R, C_sam, g, g)`` SAM features of each region's crop (local
-                aggregation on).
-            crop_masks: ``(R, S, S)`` region masks in crop coordinates (local aggregation on).
+                aggregation from crops, ``region_feature_source="crop"``).
+            crop_masks: ``(R, S, S)`` region masks in crop coordinates (same).
             region_boxes: optional ``(x0, y0, x1, y1)`` of each mask (:func:`mask_box`), if known.
+            sam_image_features: per image ``(C_sam, g, g)`` full-image SAM embedding
+                (``region_feature_source="image"``).
+            sam_valid_sizes: per image ``(h, w)`` of the resized image inside SAM's padded square
+                input (``region_feature_source="image"``).
         Returns:
             T_mask ``(R, d)`` and T_pos ``(R, d)``.
         """
@@ -282,28 +347,36 @@ class HybridRegionExtractor(nn.Module):
         dtype = vision_features[0].dtype
         t_pos, centers_sizes = self.encode_position(region_masks, dtype, region_boxes)
 
-        if cfg.use_local_aggregation:
+        if cfg.use_local_aggregation and cfg.region_feature_source == "crop":
             g = sam_crop_features.shape[-1]
             cover = mask_coverage(crop_masks, (g, g)).flatten(1).to(dtype)
             feats = self.local_proj(sam_crop_features.flatten(2).transpose(1, 2).to(dtype))
             pixels, pad, t0 = self._pixels(feats, cover, cfg.max_region_pixels)
-        else:
-            pix, pads, pooled = [], [], []
+        elif cfg.use_local_aggregation:  # the cells of the full-image SAM embedding under each mask
+            if sam_image_features is None or sam_valid_sizes is None:
+                raise ValueError("region_feature_source='image' needs sam_image_features and sam_valid_sizes")
+            side = cfg.sam_config.vision_config.image_size  # the embedding spans SAM's padded square input
+            extents = {}
             for m, i in zip(region_masks, region_image_index.tolist()):
-                vf = vision_features[i]
-                cover = mask_coverage(m[None], vf.shape[:2]).flatten(1).to(dtype)
-                feats = self.vision_proj(vf.reshape(1, -1, vf.shape[-1]))
-                p, pd, t = self._pixels(feats, cover, cfg.max_region_pixels)
-                pix.append(p[0]), pads.append(pd[0]), pooled.append(t[0])
-            pixels = nn.utils.rnn.pad_sequence(pix, batch_first=True)
-            pad = nn.utils.rnn.pad_sequence(pads, batch_first=True, padding_value=True)
-            t0 = torch.stack(pooled)
+                h, w = (float(v) for v in sam_valid_sizes[i])
+                extents[i] = (side * m.shape[1] / w, side * m.shape[0] / h)
+            maps = [f.permute(1, 2, 0) for f in sam_image_features]
+            pixels, pad, t0 = self._pool_maps(region_masks, region_image_index, maps, self.local_proj, extents, dtype)
+        else:  # the vision encoder's cells under each mask
+            extents = {i: (m.shape[1], m.shape[0]) for m, i in zip(region_masks, region_image_index.tolist())}
+            pixels, pad, t0 = self._pool_maps(region_masks, region_image_index, vision_features, self.vision_proj,
+                                              extents, dtype)
 
         t = self.pixel_enhancement(t0, pixels, pad) if cfg.use_pixel_enhancement else t0
         if cfg.use_semantic_guidance:
             out = torch.empty_like(t)
+            values: dict = {}
             for i in region_image_index.unique().tolist():
                 sel = (region_image_index == i).nonzero(as_tuple=True)[0]
-                out[sel] = self.semantic_guidance(t[sel], vision_features[i], centers_sizes[sel, :2])
+                fmap = vision_features[i]
+                key = (fmap.data_ptr(), tuple(fmap.shape), fmap.stride())  # rows of one image share its values
+                if key not in values:
+                    values[key] = self.semantic_guidance.values(fmap)
+                out[sel] = self.semantic_guidance(t[sel], fmap, centers_sizes[sel, :2], values[key])
             t = out
         return self.mask_norm(self.mask_out(t)), t_pos

@@ -48,7 +48,7 @@ def build_model(cfg: TrainConfig, device=None):
             raise ValueError(f"{cfg.source_file}: model.overrides.{k} is not an FCLMConfig field")
         setattr(model.config, k, v)
     model.config.validate_fclm()
-    processor.with_local_crops = model.config.use_local_aggregation
+    processor.configure_for(model.config)
     processor.with_object_masks = model.config.self_recon_scope == "all_objects" and model.config.self_recon_weight > 0
     return model, processor
 

@@ -311,3 +311,28 @@ def test_stage2_stream_carries_each_pair_image_once_as_uint8(tmp_path, model_pro
     assert b["input_ids"].shape[0] == 6 and b["image_index"].tolist() == [0, 0, 1, 1, 2, 2]
     assert b["pixel_values"].dtype == b["sam_pixel_values"].dtype == torch.uint8
     assert b["sam_pixel_values"].shape[0] == 3 and len(b["latent_pairs"]) == 3
+
+
+def test_shared_images_with_full_image_region_features(monkeypatch):
+    """Issues 10 + 12 together: with region_feature_source="image" the full-image SAM embeddings of
+    the distinct images serve both the region prompts (per row) and the mask decoding — one SAM pass
+    of the 2 distinct images, and the same loss and gradients as one image per row."""
+    from fclm.model.builders import build_tiny
+
+    model, proc = build_tiny(seed=0, texts=TINY_TEXTS, latent_weight=1.0, latent_scope="pairs",
+                             self_recon_weight=1.0, region_feature_source="image")
+    proc.configure_for(model.config)
+    exs = _pair_batch_examples()
+    cache = {}
+    enc = [proc.encode_example(exs[0], image_cache=cache), proc.encode_example(exs[1], image_cache=cache),
+           proc.encode_example(exs[2])]
+    plain, shared = proc.collate(enc), proc.collate(enc, share_images=True)
+    assert "region_crop_pixel_values" not in shared or shared["region_crop_pixel_values"] is None
+    sam = _Counter(model.sam.vision_encoder, monkeypatch)
+    want = _loss_and_grads(model, plain)
+    assert sam.calls == [3]
+    sam.calls.clear()
+    got = _loss_and_grads(model, shared)
+    assert sam.calls == [2]
+    assert got[0].loss_latent is not None and got[0].loss_seg is not None and got[0].loss_self is not None
+    _assert_same(got, want)

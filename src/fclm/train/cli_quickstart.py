@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 # Keep this figure what docs/benchmarks.md ("`fclm quickstart`" sections) supports.
-TIME = ("19-25 min on an idle 2-core machine (18.8 min measured in issue 3; 0.53 s per stage-1 step on "
-        "the merged code of 2026-12-02): see docs/benchmarks.md")
+TIME = ("about 17 min on an idle 2-core machine (1,020 s measured on 2026-12-02, 0.425 s per stage-1 "
+        "step): see docs/benchmarks.md")
 HELP = f"train + evaluate a tiny FCLM on synthetic scenes (CPU; {TIME})"
 
 

@@ -311,7 +311,7 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             image_emb, sam_slot = region_sam, row_image.to(sb.device)
         elif sam_rows:
             image_emb, sam_slot, sam_valid_sizes, original_sizes = self._sam_images(
-                torch.cat(sam_rows), image_index, input_ids.shape[0], sam_pixel_values, sam_valid_sizes, original_sizes)
+                torch.cat(sam_rows), row_image.to(sb.device), sam_pixel_values, sam_valid_sizes, original_sizes)
 
         if decode_seg and len(sb):
             prompts = self.seg_projector(result.seg_queries)
@@ -448,12 +448,12 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             return None, None
         return region_sam[row_image.to(region_sam.device)], sam_valid_sizes[row_image.to(sam_valid_sizes.device)]
 
-    def _sam_images(self, rows, image_index, n_rows, sam_pixel_values, sam_valid_sizes, original_sizes):
-        """SAM image embeddings of the images of ``rows`` only, each once.
+    def _sam_images(self, rows, row_image, sam_pixel_values, sam_valid_sizes, original_sizes):
+        """SAM image embeddings of the images of ``rows`` only, each once (``row_image`` ``(B,)``:
+        row → image of ``sam_pixel_values``).
 
         Returns ``(embeddings (K, C, g, g), slot (B,)`` row → embedding (-1: not encoded), and the K
         images' valid / original sizes)."""
-        row_image = torch.arange(n_rows, device=rows.device) if image_index is None else image_index.to(rows.device)
         need = row_image[rows].unique()  # sorted
         n_images = sam_pixel_values.shape[0]
         if len(need) < n_images:

@@ -107,3 +107,92 @@ def test_ablate_runs_every_variant_in_parallel_and_resumes(tmp_path):
     assert len(stamps) == 4
     assert run_ablation(str(abl), **kw) == table
     assert {p: os.path.getmtime(abl / p / "row.json") for p in stamps} == stamps
+
+
+def test_ablation_variants_keep_the_recipe_weights():
+    """The full variant is the default quickstart (the recipe's own L_self weight, not 1.0); a dropped
+    term gets weight 0 in the loaded stage configs."""
+    from fclm.train.ablation import variant_overrides
+    from fclm.train.config import load_train_config
+    from fclm.train.quickstart import packaged_config
+
+    s1, s2 = (load_train_config(packaged_config(f"quickstart-stage{i}.yaml")).model.overrides for i in (1, 2))
+    for use_self, use_latent in VARIANTS:
+        extra1, extra2 = variant_overrides(use_self, use_latent)
+        o1 = load_train_config(packaged_config("quickstart-stage1.yaml"), extra1).model.overrides
+        o2 = load_train_config(packaged_config("quickstart-stage2.yaml"), extra2).model.overrides
+        assert o1["self_recon_weight"] == (s1["self_recon_weight"] if use_self else 0.0)
+        assert o1["latent_weight"] == (s1["latent_weight"] if use_latent else 0.0)
+        assert o2["latent_weight"] == (s2["latent_weight"] if use_latent else 0.0)
+    assert variant_overrides(True, True) == ([], [])
+    assert s1["self_recon_weight"] > 0 and s1["latent_weight"] > 0 and s2["latent_weight"] > 0
+
+
+def _finished_quickstart(run, seed, s1_steps=None, tasks=("res", "dlres", "roc", "dlc"), test_scenes=60):
+    """The files `fclm quickstart --seed SEED` leaves, configs from the packaged recipe."""
+    from fclm.train.config import load_train_config, to_dict
+    from fclm.train.quickstart import packaged_config
+
+    for stage, st_seed, steps in (("stage1", seed, s1_steps), ("stage2", seed + 1, None)):
+        over = [f"seed={st_seed}", f"output_dir={run}/{stage}"] + ([f"steps={steps}"] if steps else [])
+        d = to_dict(load_train_config(packaged_config(f"quickstart-{stage}.yaml"), over))
+        (run / stage).mkdir(parents=True)
+        (run / stage / "train_config.json").write_text(json.dumps({**d, "strategy": "ddp", "num_processes": 1},
+                                                                  default=str))
+    metrics = {t: {"metrics": {"gIoU": 50.0 + seed, "cIoU": 40.0 + seed}} for t in tasks}
+    (run / "metrics.json").write_text(json.dumps({"metrics": metrics, "timings_s": {"total": 123.4},
+                                                  "test_scenes": test_scenes}))
+    return run
+
+
+def test_reused_quickstart_run_is_checked_against_the_recipe(tmp_path):
+    from fclm.train.ablation import reused_row
+
+    run = _finished_quickstart(tmp_path / "qs1", seed=1)
+    row = reused_row(str(run))
+    assert (row["L_self"], row["L_latent"], row["seed"]) == (True, True, 1)
+    assert row["res/gIoU"] == 51.0 and row["dlc/cIoU"] == 41.0 and row["source"] == str(run)
+    with pytest.raises(ValueError, match=r"stage1/train_config.json: steps differs"):
+        reused_row(str(run), stage1_steps=7)  # the ablation asks for another length
+    with pytest.raises(ValueError, match="test_scenes is 60, the ablation uses 30"):
+        reused_row(str(run), test_scenes=30)
+    cfg = json.loads((run / "stage2" / "train_config.json").read_text())
+    cfg["model"]["overrides"]["latent_weight"] = 0.0  # an ablated run, not the full variant
+    (run / "stage2" / "train_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"stage2/train_config.json: model differs"):
+        reused_row(str(run))
+    with pytest.raises(ValueError, match=r"metrics.json: missing"):
+        reused_row(str(tmp_path / "nowhere"))
+    short = _finished_quickstart(tmp_path / "qs2", seed=2, tasks=("res", "dlres", "roc"))
+    with pytest.raises(ValueError, match="no dlc metrics"):
+        reused_row(str(short))
+
+
+def test_ablation_trains_only_what_is_not_reused(tmp_path, monkeypatch, capsys):
+    from fclm.train import ablation
+
+    trained = []
+
+    def fake_run(out, use_self, use_latent, seed, **kw):
+        trained.append((use_self, use_latent, seed))
+        return {"L_self": use_self, "L_latent": use_latent, "seed": seed, "res/gIoU": 10.0 * seed}
+
+    monkeypatch.setattr(ablation, "run_variant", fake_run)
+    runs = [_finished_quickstart(tmp_path / f"qs{s}", seed=s, tasks=("res",)) for s in (0, 1)]
+    abl = tmp_path / "abl"
+    ablation.run_ablation(str(abl), seeds=[0, 1], jobs=1, progress=False, tasks=("res",), reuse=[str(r) for r in runs])
+    assert sorted(trained) == sorted((s, l, k) for k in (0, 1) for s, l in VARIANTS if (s, l) != (True, True))
+    data = json.loads((abl / "ablation.json").read_text())
+    full = [r for r in data["rows"] if r["L_self"] and r["L_latent"]]
+    assert [(r["seed"], r["res/gIoU"], r["source"]) for r in full] == [(0, 50.0, str(runs[0])), (1, 51.0, str(runs[1]))]
+    assert "finished quickstart run" in (abl / "ablation.md").read_text()
+    # the CLI: a reused folder that is not a finished run is one line, exit 2, before any training
+    trained.clear()
+    assert main(["quickstart", "--ablate", "--out", str(tmp_path / "o"), "--seeds", "0", "--jobs", "1",
+                 "--reuse-full", str(tmp_path / "nowhere"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fclm quickstart: error: ") and "metrics.json: missing" in err and err.count("\n") == 1
+    assert trained == [] and not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match="seed 1 is not among the ablation's seeds"):
+        ablation.run_ablation(str(tmp_path / "o2"), seeds=[0], jobs=1, progress=False, tasks=("res",),
+                              reuse=[str(runs[1])])

@@ -27,6 +27,13 @@ def variant_name(use_self: bool, use_latent: bool) -> str:
     return f"self{int(use_self)}-latent{int(use_latent)}"
 
 
+def variant_overrides(use_self: bool, use_latent: bool) -> tuple[list[str], list[str]]:
+    """Stage-1 and stage-2 config overrides of a variant: a term it keeps keeps the recipe's weight
+    (the full variant *is* the default quickstart); a term it drops gets weight 0."""
+    latent = [] if use_latent else ["model.overrides.latent_weight=0.0"]
+    return ([] if use_self else ["model.overrides.self_recon_weight=0.0"]) + latent, list(latent)
+
+
 def run_variant(out: str, use_self: bool, use_latent: bool, seed: int, stage1_steps: int | None = None,
                 stage2_steps: int | None = None, test_scenes: int = 60, threads: int | None = None,
                 progress: bool = False, tasks=ABLATION_TASKS) -> dict:
@@ -42,20 +49,15 @@ def run_variant(out: str, use_self: bool, use_latent: bool, seed: int, stage1_st
     from .quickstart import evaluate_all, train_stages
 
     t0 = time.time()
-    flags = [f"model.overrides.latent_weight={1.0 if use_latent else 0.0}"]
-    model_dir = train_stages(out, stage1_steps, stage2_steps, seed, progress,
-                             extra1=[f"model.overrides.self_recon_weight={1.0 if use_self else 0.0}", *flags],
-                             extra2=flags)
+    extra1, extra2 = variant_overrides(use_self, use_latent)
+    model_dir = train_stages(out, stage1_steps, stage2_steps, seed, progress, extra1=extra1, extra2=extra2)
     metrics = evaluate_all(model_dir, out, test_scenes, tasks, progress=progress)
     row = {"L_self": use_self, "L_latent": use_latent, "seed": seed, "wall_s": round(time.time() - t0, 1),
            **{f"{t}/{k}": v for t, m in metrics.items() for k, v in m["metrics"].items()}}
     for d in ("stage1", "stage2", "model"):  # keep the logs and the row, not three copies of the weights
         for sub in ("checkpoints", "final") if d != "model" else ("",):
             shutil.rmtree(os.path.join(out, d, sub), ignore_errors=True)
-    tmp = row_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(row, f, indent=2)
-    os.replace(tmp, row_path)
+    _write_row(row_path, row)
     return row
 
 
@@ -122,27 +124,99 @@ def plot_ablation(rows: list[dict], agg: list[dict], out_png: str) -> str:
     return out_png
 
 
+_RUN_SPECIFIC = ("output_dir", "source_file", "strategy", "num_processes")
+
+
+def reused_row(run_dir: str, stage1_steps: int | None = None, stage2_steps: int | None = None,
+               test_scenes: int = 60, tasks=ABLATION_TASKS) -> dict:
+    """A finished ``fclm quickstart --seed N`` run as the full variant's row for seed N.
+
+    The full variant *is* the default quickstart, so a run a user already has need not be trained
+    again. Refused (``ValueError`` naming the file and field) unless both stage configs equal the
+    packaged recipe's with that seed (and the same step counts) and the run was evaluated on the same
+    number of test scenes with every ablation task. The row records where it came from (``source``).
+    """
+    from .config import load_train_config, to_dict
+    from .quickstart import packaged_config
+
+    def read(path):
+        if not os.path.exists(path):
+            raise ValueError(f"{path}: missing (not a finished `fclm quickstart` run)")
+        with open(path) as f:
+            return json.load(f)
+
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    result = read(metrics_path)
+    seed = read(os.path.join(run_dir, "stage1", "train_config.json")).get("seed")
+    for stage, steps, stage_seed in (("stage1", stage1_steps, seed), ("stage2", stage2_steps, (seed or 0) + 1)):
+        path = os.path.join(run_dir, stage, "train_config.json")
+        got = read(path)
+        over = [f"seed={stage_seed}"] + ([f"steps={steps}"] if steps is not None else [])
+        want = json.loads(json.dumps(to_dict(load_train_config(packaged_config(f"quickstart-{stage}.yaml"), over)),
+                                     default=str))
+        for d in (got, want):
+            for k in _RUN_SPECIFIC:
+                d.pop(k, None)
+            d.get("model", {}).pop("path", None)  # stage 2 starts from the run's own stage-1 model
+        bad = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+        if bad:
+            raise ValueError(f"{path}: {bad[0]} differs from the packaged quickstart recipe "
+                             f"({got.get(bad[0])!r} vs {want.get(bad[0])!r}): not the full variant")
+    if result.get("test_scenes") != test_scenes:
+        raise ValueError(f"{metrics_path}: test_scenes is {result.get('test_scenes')}, the ablation uses {test_scenes}")
+    missing = [t for t in tasks if t not in result.get("metrics", {})]
+    if missing:
+        raise ValueError(f"{metrics_path}: no {missing[0]} metrics")
+    return {"L_self": True, "L_latent": True, "seed": seed, "wall_s": round(result["timings_s"]["total"], 1),
+            "source": os.path.abspath(run_dir),
+            **{f"{t}/{k}": v for t in tasks for k, v in result["metrics"][t]["metrics"].items()}}
+
+
+def _write_row(path: str, row: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(row, f, indent=2)
+    os.replace(tmp, path)
+
+
 def _job(kw: dict) -> dict:
     return run_variant(**kw)
 
 
 def run_ablation(out: str, stage1_steps: int | None = None, stage2_steps: int | None = None,
                  test_scenes: int = 60, seeds=(0, 1, 2), jobs: int = 2, progress: bool = True,
-                 tasks=ABLATION_TASKS) -> str:
-    """Every variant × seed (``jobs`` one-thread processes at a time); returns the Markdown table."""
+                 tasks=ABLATION_TASKS, reuse=()) -> str:
+    """Every variant × seed (``jobs`` one-thread processes at a time); returns the Markdown table.
+    ``reuse``: finished ``fclm quickstart --seed N`` folders that stand for the full variant of their
+    seed (see :func:`reused_row`); checked before anything trains."""
     from tqdm.auto import tqdm
 
     seeds = list(seeds)
     if not seeds:
         raise ValueError("the ablation needs at least one seed")
+    reused = [reused_row(d, stage1_steps, stage2_steps, test_scenes, tasks) for d in reuse]
+    for r in reused:
+        if r["seed"] not in seeds:
+            raise ValueError(f"{r['source']}: seed {r['seed']} is not among the ablation's seeds {seeds}")
+    if len({r["seed"] for r in reused}) != len(reused):
+        raise ValueError("two reused runs have the same seed")
     os.makedirs(out, exist_ok=True)
+    for r in reused:
+        _write_row(os.path.join(out, f"{variant_name(True, True)}-seed{r['seed']}", "row.json"), r)
     work = [dict(out=os.path.join(out, f"{variant_name(s, l)}-seed{seed}"), use_self=s, use_latent=l, seed=seed,
                  stage1_steps=stage1_steps, stage2_steps=stage2_steps, test_scenes=test_scenes, threads=1,
                  tasks=tuple(tasks))
             for seed in seeds for s, l in VARIANTS]
+    rows = []
+    for kw in list(work):  # finished (or reused) runs: their rows, nothing to train
+        path = os.path.join(kw["out"], "row.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                rows.append(json.load(f))
+            work.remove(kw)
     t0 = time.time()
     bar = tqdm(total=len(work), desc="ablation runs", disable=not progress)
-    rows = []
     if jobs <= 1:
         for kw in work:
             rows.append(_job(kw))
@@ -171,5 +245,7 @@ def run_ablation(out: str, stage1_steps: int | None = None, stage2_steps: int | 
         f.write("# Consistency-loss ablation (quickstart scale)\n\n"
                 f"Mean ± sample standard deviation over seeds {seeds}; {test_scenes} held-out test scenes; "
                 f"stage-1 steps: {stage1_steps or 'default'}; wall time {wall:.0f} s with {jobs} run(s) at a time."
-                "\n\n" + table + "\n\n![ablation](ablation.png)\n")
+                + "".join(f"\nThe full variant's seed-{r['seed']} row is the finished quickstart run {r['source']}."
+                          for r in rows if r.get("source"))
+                + "\n\n" + table + "\n\n![ablation](ablation.png)\n")
     return table

@@ -20,6 +20,9 @@ def register(sub) -> None:
                         "the mean ± std table and a plot to OUT/ablation")
     p.add_argument("--seeds", default="0,1,2", help="--ablate: comma-separated seeds (default: 0,1,2)")
     p.add_argument("--jobs", type=int, default=2, help="--ablate: runs at a time, one thread each (default: 2)")
+    p.add_argument("--reuse-full", default="", metavar="DIRS",
+                   help="--ablate: comma-separated finished `fclm quickstart --seed N` folders to count as the "
+                        "full variant's row of seed N instead of training it again (checked against the recipe)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -59,9 +62,14 @@ def run(args) -> int:
         from .ablation import run_ablation
 
         out = os.path.join(args.out, "ablation")
-        table = run_ablation(out, args.stage1_steps, args.stage2_steps, args.test_scenes,
-                             seeds=[int(x) for x in args.seeds.split(",") if x.strip()], jobs=args.jobs,
-                             progress=not args.no_progress)
+        try:
+            table = run_ablation(out, args.stage1_steps, args.stage2_steps, args.test_scenes,
+                                 seeds=[int(x) for x in args.seeds.split(",") if x.strip()], jobs=args.jobs,
+                                 progress=not args.no_progress,
+                                 reuse=[d.strip() for d in args.reuse_full.split(",") if d.strip()])
+        except ValueError as e:  # a reused run that is not the full variant, found before any training
+            print(f"fclm quickstart: error: {e}", file=sys.stderr)
+            return 2
         print(table)
         print(f"\ntable + plot: {os.path.join(out, 'ablation.md')}, {os.path.join(out, 'ablation.png')}")
         return 0

@@ -21,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("--seeds", default="0,1,2", help="--ablate: comma-separated seeds (default: 0,1,2)")
     p.add_argument("--jobs", type=int, default=2, help="--ablate: runs at a time, one thread each (default: 2)")
     p.add_argument("--reuse-full", default="", metavar="DIRS",
-                   help="--ablate: comma-separated finished `fclm quickstart --seed N` folders to count as the "
+                   help="--ablate: comma-separated finished quickstart output folders (from --seed N) to count as the "
                         "full variant's row of seed N instead of training it again (checked against the recipe)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)

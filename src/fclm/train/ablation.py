@@ -37,11 +37,8 @@ def variant_overrides(use_self: bool, use_latent: bool) -> tuple[list[str], list
 def run_variant(out: str, use_self: bool, use_latent: bool, seed: int, stage1_steps: int | None = None,
                 stage2_steps: int | None = None, test_scenes: int = 60, threads: int | None = None,
                 progress: bool = False, tasks=ABLATION_TASKS) -> dict:
-    """Train and evaluate one (variant, seed); returns its row (also written to ``out/row.json``)."""
-    row_path = os.path.join(out, "row.json")
-    if os.path.exists(row_path):
-        with open(row_path) as f:
-            return json.load(f)
+    """Train and evaluate one (variant, seed); returns its row (also written to ``out/row.json``,
+    which :func:`run_ablation` reads instead of training the run again)."""
     if threads:
         import torch
 
@@ -57,7 +54,7 @@ def run_variant(out: str, use_self: bool, use_latent: bool, seed: int, stage1_st
     for d in ("stage1", "stage2", "model"):  # keep the logs and the row, not three copies of the weights
         for sub in ("checkpoints", "final") if d != "model" else ("",):
             shutil.rmtree(os.path.join(out, d, sub), ignore_errors=True)
-    _write_row(row_path, row)
+    _write_row(os.path.join(out, "row.json"), row)
     return row
 
 

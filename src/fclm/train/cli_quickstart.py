@@ -67,7 +67,7 @@ def run(args) -> int:
                                  seeds=[int(x) for x in args.seeds.split(",") if x.strip()], jobs=args.jobs,
                                  progress=not args.no_progress,
                                  reuse=[d.strip() for d in args.reuse_full.split(",") if d.strip()])
-        except ValueError as e:  # a reused run that is not the full variant, found before any training
+        except ValueError as e:  # e.g. a --reuse-full folder that is not the full variant (checked before training)
             print(f"fclm quickstart: error: {e}", file=sys.stderr)
             return 2
         print(table)

@@ -134,7 +134,7 @@ def reused_row(run_dir: str, stage1_steps: int | None = None, stage2_steps: int 
     number of test scenes with every ablation task. The row records where it came from (``source``).
     """
     from .config import load_train_config, to_dict
-    from .quickstart import packaged_config
+    from .quickstart import packaged_config, stage_overrides
 
     def read(path):
         if not os.path.exists(path):
@@ -145,12 +145,13 @@ def reused_row(run_dir: str, stage1_steps: int | None = None, stage2_steps: int 
     metrics_path = os.path.join(run_dir, "metrics.json")
     result = read(metrics_path)
     seed = read(os.path.join(run_dir, "stage1", "train_config.json")).get("seed")
-    for stage, steps, stage_seed in (("stage1", stage1_steps, seed), ("stage2", stage2_steps, (seed or 0) + 1)):
+    if not isinstance(seed, int):
+        raise ValueError(f"{os.path.join(run_dir, 'stage1', 'train_config.json')}: no integer seed")
+    for stage, steps in (("stage1", stage1_steps), ("stage2", stage2_steps)):
         path = os.path.join(run_dir, stage, "train_config.json")
         got = read(path)
-        over = [f"seed={stage_seed}"] + ([f"steps={steps}"] if steps is not None else [])
-        want = json.loads(json.dumps(to_dict(load_train_config(packaged_config(f"quickstart-{stage}.yaml"), over)),
-                                     default=str))
+        want = json.loads(json.dumps(to_dict(load_train_config(packaged_config(f"quickstart-{stage}.yaml"),
+                                                               stage_overrides(stage, seed, steps))), default=str))
         for d in (got, want):
             for k in _RUN_SPECIFIC:
                 d.pop(k, None)

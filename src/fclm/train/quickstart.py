@@ -21,6 +21,12 @@ def packaged_config(name: str) -> str:
     return str(resources.files("fclm").joinpath("configs", "train", name))
 
 
+def stage_overrides(stage: str, seed: int, steps: int | None = None) -> list[str]:
+    """What a quickstart run with ``seed`` changes in a packaged stage config: the seed (stage 2
+    draws its data with ``seed + 1``) and, when given, the step count."""
+    return [f"seed={seed if stage == 'stage1' else seed + 1}"] + ([f"steps={steps}"] if steps is not None else [])
+
+
 def train_stages(out: str, stage1_steps: int | None = None, stage2_steps: int | None = None,
                  seed: int = 0, progress: bool = True, extra1: list[str] = (), extra2: list[str] = (),
                  timings: dict | None = None) -> str:
@@ -37,16 +43,12 @@ def train_stages(out: str, stage1_steps: int | None = None, stage2_steps: int | 
         raise ValueError(f"stage1_steps must be at least 1, got {stage1_steps}: stage 2 starts from the stage-1 model")
     if stage2_steps is not None and stage2_steps < 0:
         raise ValueError(f"stage2_steps must be at least 0, got {stage2_steps}")
-    s1 = [f"output_dir={out}/stage1", f"seed={seed}", *extra1]
-    if stage1_steps is not None:
-        s1.append(f"steps={stage1_steps}")
+    s1 = [f"output_dir={out}/stage1", *stage_overrides("stage1", seed, stage1_steps), *extra1]
     cfg1 = load_train_config(packaged_config("quickstart-stage1.yaml"), s1)
     final1 = Trainer(cfg1, progress=progress).run()
     timings["stage1"] = time.time() - t0
     t0 = time.time()
-    s2 = [f"output_dir={out}/stage2", f"model.path={final1}", f"seed={seed + 1}", *extra2]
-    if stage2_steps is not None:
-        s2.append(f"steps={stage2_steps}")
+    s2 = [f"output_dir={out}/stage2", f"model.path={final1}", *stage_overrides("stage2", seed, stage2_steps), *extra2]
     cfg2 = load_train_config(packaged_config("quickstart-stage2.yaml"), s2)
     if cfg2.steps > 0:
         final = Trainer(cfg2, progress=progress).run()

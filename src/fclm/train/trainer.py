@@ -85,7 +85,11 @@ def _scheduler(optimizer, cfg: TrainConfig):
 
 def wsd_factor(step: int, warmup: int, total: int, decay_ratio: float) -> float:
     """Warm-up-stable-decay: linear warm-up, the full rate, then a cosine decay to 0 over the last
-    ``decay_ratio`` of the steps. A short run keeps its full rate longer than under one long cosine."""
+    ``decay_ratio`` of the steps. A short run keeps its full rate longer than under one long cosine.
+
+    transformers' ``get_wsd_schedule`` has the same shape but a warm-up that starts at 0 (a first step
+    with no update); every measured quickstart run (docs/benchmarks.md) used this one, which starts at
+    1/warmup, so switching would change the recipe those figures describe."""
     decay = max(1, int(round(decay_ratio * total)))
     if step < warmup:
         return (step + 1) / warmup

@@ -166,6 +166,10 @@ def test_reused_quickstart_run_is_checked_against_the_recipe(tmp_path):
     short = _finished_quickstart(tmp_path / "qs2", seed=2, tasks=("res", "dlres", "roc"))
     with pytest.raises(ValueError, match="no dlc metrics"):
         reused_row(str(short))
+    cfg = json.loads((short / "stage1" / "train_config.json").read_text())
+    (short / "stage1" / "train_config.json").write_text(json.dumps({**cfg, "seed": None}))
+    with pytest.raises(ValueError, match=r"stage1/train_config.json: no integer seed"):
+        reused_row(str(short))
 
 
 def test_ablation_trains_only_what_is_not_reused(tmp_path, monkeypatch, capsys):

@@ -68,6 +68,16 @@ class FCLMConfig(Qwen2_5_VLConfig):
         to the original size (cheaper; inference is unchanged).
     self_recon_max_masks (`int`, defaults to 0): with ``self_recon_scope="all_objects"``, at most
         this many extra objects per batch for L_self, drawn at random (0 = all).
+    box_prompt (`bool`, defaults to False): a box head reads the same vector as ``seg_projector``
+        (a `[SEG]` state or a `<pos>` embedding) and predicts the region's box; SAM's prompt encoder
+        turns it into its two box-corner tokens, which join the projector's token as sparse prompts,
+        and ``box_loss_weight`` × L1 on (cx, cy, w, h) supervises it wherever a mask is decoded in
+        training. The decoder then localises with SAM's own positional encoding of the box instead of
+        having to learn it from the projector (ours, not the paper's; the quickstart uses it).
+    box_loss_weight (`float`, defaults to 5.0): weight of that box L1 loss (DETR's L1 weight).
+    box_prompt_dropout (`float`, defaults to 0.0): in training, the probability that a decoded mask's
+        box tokens are replaced by SAM's "not a point" token, so that the decoder also learns to
+        find the region from the projector's token alone.
     stages (`dict[str, list[str]]`): per training stage, the module groups that train (others are
         frozen); groups are listed in ``fclm.model.configuration_fclm.MODULE_GROUPS``.
     mask_token_id / pos_token_id / seg_token_id / p_start_token_id / p_end_token_id (`int`): ids of
@@ -103,6 +113,9 @@ class FCLMConfig(Qwen2_5_VLConfig):
     max_masks_per_sample: int = 5
     mask_loss_at_low_res: bool = False
     self_recon_max_masks: int = 0
+    box_prompt: bool = False
+    box_loss_weight: float = 5.0
+    box_prompt_dropout: float = 0.0
     stages: dict | None = None
     mask_token_id: int | None = None
     pos_token_id: int | None = None
@@ -140,6 +153,8 @@ class FCLMConfig(Qwen2_5_VLConfig):
                 raise ValueError(f"stage {stage!r} names unknown module groups {bad}; known: {MODULE_GROUPS}")
         if self.self_recon_max_masks < 0:
             raise ValueError(f"self_recon_max_masks must be >= 0, got {self.self_recon_max_masks}")
+        if not 0.0 <= self.box_prompt_dropout <= 1.0:
+            raise ValueError(f"box_prompt_dropout must be in [0, 1], got {self.box_prompt_dropout}")
         if self.pos_fourier_bands < 0:
             raise ValueError(f"pos_fourier_bands must be >= 0, got {self.pos_fourier_bands}")
         if self.deformable_heads < 1 or self.region_hidden_size % self.deformable_heads:

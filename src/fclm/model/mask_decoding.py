@@ -28,6 +28,48 @@ class SegProjector(nn.Sequential):
         return x
 
 
+class BoxHead(nn.Sequential):
+    """LLM-width vector → the region's box ``(cx, cy, w, h)`` as fractions of its image:
+    RMS-norm (as :class:`SegProjector`) → Linear(d, d) → ReLU → Linear(d, 4) → sigmoid."""
+
+    def __init__(self, llm_hidden_size: int):
+        super().__init__(nn.Linear(llm_hidden_size, llm_hidden_size), nn.ReLU(), nn.Linear(llm_hidden_size, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, d)`` → ``(N, 4)``."""
+        x = x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(x.dtype)
+        return super().forward(x).float().sigmoid()
+
+
+def box_targets(masks: list[torch.Tensor]) -> torch.Tensor:
+    """``(N, 4)`` ``(cx, cy, w, h)`` of each non-empty ``(H, W)`` mask, as fractions of its size (the
+    geometry the position branch reads); a mask may be ``{0, 1, 255}``, only 1 counts."""
+    from .region_extractor import mask_box
+
+    rows = []
+    for m in masks:
+        x0, y0, x1, y1 = mask_box(m == 1 if m.dtype != torch.bool else m)
+        h, w = m.shape
+        rows.append([(x0 + x1) / (2 * w), (y0 + y1) / (2 * h), (x1 - x0) / w, (y1 - y0) / h])
+    return torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
+
+
+def box_corner_tokens(sam, boxes: torch.Tensor, valid_sizes: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+    """SAM's box prompt tokens ``(N, 2, P)`` for ``(N, 4)`` ``(cx, cy, w, h)`` image fractions, each
+    image resized to ``valid_sizes`` ``(N, 2)`` (h, w) inside SAM's padded square input. Rows where
+    ``drop`` ``(N,)`` is True get SAM's "not a point" token twice instead (no box)."""
+    cx, cy, w, h = boxes.unbind(-1)
+    vh, vw = (v.to(boxes) for v in valid_sizes.unbind(-1))
+    corners = torch.stack([((cx - w / 2).clamp(0, 1)) * vw, ((cy - h / 2).clamp(0, 1)) * vh,
+                           ((cx + w / 2).clamp(0, 1)) * vw, ((cy + h / 2).clamp(0, 1)) * vh], -1)
+    sparse, _ = sam.prompt_encoder(input_points=None, input_labels=None, input_boxes=corners[:, None], input_masks=None)
+    sparse = sparse[:, 0]
+    if drop is not None and bool(drop.any()):
+        none = sam.prompt_encoder.not_a_point_embed(torch.zeros(1, dtype=torch.long, device=sparse.device))
+        sparse = torch.where(drop.to(sparse.device)[:, None, None], none.to(sparse.dtype).expand_as(sparse), sparse)
+    return sparse
+
+
 class FreezableLinear(nn.Linear):
     """``nn.Linear`` whose forward can use its weights as constants (``frozen=True``)."""
 
@@ -82,12 +124,18 @@ def decode_masks(
     valid_sizes: torch.Tensor,
     original_sizes: torch.Tensor,
     at_low_res: bool = False,
+    boxes: torch.Tensor | None = None,
+    box_dropout: float = 0.0,
 ) -> list[torch.Tensor]:
     """Decode one mask per prompt token.
 
     Args:
         sam: a ``transformers.SamModel``.
         prompts: ``(N, P)`` sparse prompt tokens (P = SAM prompt width, 256 for SAM).
+        boxes: ``(N, 4)`` predicted ``(cx, cy, w, h)`` image fractions (``box_prompt``): SAM's two
+            box-corner tokens join each prompt token.
+        box_dropout: the probability, per prompt, that its box tokens are replaced by SAM's "not a
+            point" token (training only: the decoder keeps learning to read the prompt token alone).
         image_embeddings: ``(B, P, g, g)`` SAM embeddings of the B images (computed once each).
         image_index: ``(N,)`` image of each prompt.
         valid_sizes: ``(B, 2)`` (h, w) of each resized image inside SAM's padded square input.
@@ -107,10 +155,15 @@ def decode_masks(
     no_mask = sam.prompt_encoder.no_mask_embed(torch.zeros(1, dtype=torch.long, device=emb.device))
     dense = no_mask.reshape(1, -1, 1, 1).expand(n, -1, *emb.shape[-2:])
     pos = sam.get_image_wide_positional_embeddings().to(emb.dtype).expand(n, -1, -1, -1)
+    sparse = prompts.to(emb.dtype).view(n, 1, 1, -1)
+    if boxes is not None:
+        drop = torch.rand(n, device=boxes.device) < box_dropout if box_dropout > 0 else None
+        corners = box_corner_tokens(sam, boxes, valid_sizes.to(boxes.device)[image_index.to(boxes.device)], drop)
+        sparse = torch.cat([sparse, corners.to(emb.dtype)[:, None]], 2)
     low_res, _ = sam.mask_decoder(
         image_embeddings=emb,
         image_positional_embeddings=pos,
-        sparse_prompt_embeddings=prompts.to(emb.dtype).view(n, 1, 1, -1),
+        sparse_prompt_embeddings=sparse,
         dense_prompt_embeddings=dense.to(emb.dtype),
         multimask_output=False,
     )

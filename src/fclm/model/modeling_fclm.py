@@ -22,7 +22,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_fclm import FCLMConfig
 from .losses import latent_consistency, mask_losses
-from .mask_decoding import SegProjector, decode_masks, sam_image_embeddings
+from .mask_decoding import BoxHead, SegProjector, box_targets, decode_masks, sam_image_embeddings
 from .region_extractor import HybridRegionExtractor
 from .vision_attention import packed_vision_attention
 
@@ -42,6 +42,7 @@ class FCLMOutput(ModelOutput):
     loss_seg: torch.Tensor | None = None
     loss_self: torch.Tensor | None = None
     loss_latent: torch.Tensor | None = None
+    loss_box: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     hidden_states: torch.Tensor | None = None
     cache: object | None = None
@@ -59,6 +60,7 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         self.sam = SamModel(config.sam_config)
         self.region_extractor = HybridRegionExtractor(config)
         self.seg_projector = SegProjector(config.llm_hidden_size, config.sam_prompt_size)
+        self.box_head = BoxHead(config.llm_hidden_size) if config.box_prompt else None
         self.post_init()
         self._init_non_qwen_modules()
 
@@ -71,7 +73,7 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         ~10⁵ at random init (a global gradient clip then freezes every other module). Only random
         initialisation is affected: checkpoints load their own values afterwards.
         """
-        for root in (self.sam, self.region_extractor, self.seg_projector):
+        for root in (self.sam, self.region_extractor, self.seg_projector, self.box_head or nn.Identity()):
             for m in root.modules():
                 if isinstance(m, nn.MultiheadAttention):
                     m._reset_parameters()
@@ -91,7 +93,7 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             "vision_encoder": [self.model.visual],
             "llm": [self.model.language_model, self.lm_head],
             "region_extractor": [self.region_extractor],
-            "seg_projector": [self.seg_projector],
+            "seg_projector": [self.seg_projector] + ([self.box_head] if self.box_head is not None else []),
             "mask_decoder": [self.sam.mask_decoder, self.sam.prompt_encoder],
             "sam_image_encoder": [self.sam.vision_encoder],
         }
@@ -313,29 +315,46 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             image_emb, sam_slot, sam_valid_sizes, original_sizes = self._sam_images(
                 torch.cat(sam_rows), row_image.to(sb.device), sam_pixel_values, sam_valid_sizes, original_sizes)
 
+        box_pred, box_true = [], []  # box_prompt: predicted and true boxes of every supervised decode
         if decode_seg and len(sb):
             prompts = self.seg_projector(result.seg_queries)
+            boxes = self.box_head(result.seg_queries) if self.box_head is not None else None
             if target_masks is not None and self.training:
                 keep = self._subsample_targets(sb)
                 logits_k = decode_masks(self.sam, prompts[keep], image_emb, sam_slot[sb[keep]], sam_valid_sizes,
-                                        original_sizes, at_low_res=cfg.mask_loss_at_low_res)
+                                        original_sizes, at_low_res=cfg.mask_loss_at_low_res,
+                                        boxes=None if boxes is None else boxes[keep], box_dropout=cfg.box_prompt_dropout)
                 result.loss_dice, result.loss_bce = mask_losses(logits_k, [target_masks[i] for i in keep.tolist()])
                 result.pred_masks = None
             else:
                 result.pred_masks = decode_masks(self.sam, prompts, image_emb, sam_slot[sb], sam_valid_sizes,
-                                                 original_sizes)
+                                                 original_sizes, boxes=boxes)
                 if target_masks is not None:
                     result.loss_dice, result.loss_bce = mask_losses(result.pred_masks, target_masks)
             if result.loss_dice is not None:
                 result.loss_seg = cfg.dice_weight * result.loss_dice + cfg.bce_weight * result.loss_bce
                 terms["seg"] = result.loss_seg
+            if boxes is not None and target_masks is not None:
+                has = [i for i, t in enumerate(target_masks) if bool((t == 1).any())]
+                if has:
+                    box_pred.append(boxes[has])
+                    box_true.append(box_targets([target_masks[i] for i in has]))
 
         if with_self:
+            self_boxes = self.box_head(self_pos) if self.box_head is not None else None
             rec = decode_masks(self.sam, self.seg_projector(self_pos), image_emb, sam_slot[self_index], sam_valid_sizes,
-                               original_sizes, at_low_res=cfg.mask_loss_at_low_res and self.training)
+                               original_sizes, at_low_res=cfg.mask_loss_at_low_res and self.training, boxes=self_boxes,
+                               box_dropout=cfg.box_prompt_dropout if self.training else 0.0)
             d, b = mask_losses(rec, [m.to(torch.uint8) for m in self_masks])
             result.loss_self = cfg.dice_weight * d + cfg.bce_weight * b
             terms["self"] = cfg.self_recon_weight * result.loss_self
+            if self_boxes is not None:
+                box_pred.append(self_boxes)
+                box_true.append(box_targets(self_masks))
+        if box_pred:  # DETR's L1: summed over (cx, cy, w, h), averaged over boxes
+            pred = torch.cat(box_pred)
+            result.loss_box = (pred - torch.cat(box_true).to(pred)).abs().sum(-1).mean()
+            terms["box"] = cfg.box_loss_weight * result.loss_box
 
         seg_vec = pos_vec = None
         if cfg.latent_weight > 0 and cfg.latent_scope == "all_targets" and target_masks:

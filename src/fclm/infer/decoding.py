@@ -591,7 +591,7 @@ def run_batch(model, processor, requests: list[Request], options: GenerationOpti
             index = torch.tensor([where[row_img[r]] for r in seg_rows for _ in range(len(results[r].seg_states))],
                                  device=dev)
             prompts = model.seg_projector(states.to(dtype))
-            boxes = model.box_head(states.to(dtype)) if getattr(model, "box_head", None) is not None else None
+            boxes = model.box_head(states.to(dtype)) if model.box_head is not None else None
             k = 0
             masks, logits_kept = [], []
             # a few queries at a time: full-size float logits (48 MB each at 12 MP) never pile up

@@ -73,7 +73,8 @@ class FCLMConfig(Qwen2_5_VLConfig):
         turns it into its two box-corner tokens, which join the projector's token as sparse prompts,
         and ``box_loss_weight`` × L1 on (cx, cy, w, h) supervises it wherever a mask is decoded in
         training. The decoder then localises with SAM's own positional encoding of the box instead of
-        having to learn it from the projector (ours, not the paper's; the quickstart uses it).
+        having to learn it from the projector (ours, not the paper's; off in every packaged config:
+        see docs/benchmarks.md, "A SAM-native box in the mask prompt").
     box_loss_weight (`float`, defaults to 5.0): weight of that box L1 loss (DETR's L1 weight).
     box_prompt_dropout (`float`, defaults to 0.0): in training, the probability that a decoded mask's
         box tokens are replaced by SAM's "not a point" token, so that the decoder also learns to

@@ -6,6 +6,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def rms_normalise(x: torch.Tensor) -> torch.Tensor:
+    """``x / rms(x)`` over the last dimension, no parameters (computed in float32)."""
+    return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(x.dtype)
+
+
 class SegProjector(nn.Sequential):
     """LLM-width vector → one SAM sparse prompt token: Linear(d, d) → ReLU → Linear(d, 256).
 
@@ -22,7 +27,7 @@ class SegProjector(nn.Sequential):
         """``(..., d)`` → ``(..., P)``. ``frozen``: a fixed map (no gradient reaches the weights, the
         input still gets one), each layer still called as a module so that sharded weights (ZeRO-3)
         are gathered as in any forward."""
-        x = x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(x.dtype)
+        x = rms_normalise(x)
         for layer in self:
             x = layer(x, frozen) if isinstance(layer, FreezableLinear) else layer(x)
         return x
@@ -37,20 +42,15 @@ class BoxHead(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, d)`` → ``(N, 4)``."""
-        x = x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(x.dtype)
-        return super().forward(x).float().sigmoid()
+        return super().forward(rms_normalise(x)).float().sigmoid()
 
 
 def box_targets(masks: list[torch.Tensor]) -> torch.Tensor:
     """``(N, 4)`` ``(cx, cy, w, h)`` of each non-empty ``(H, W)`` mask, as fractions of its size (the
     geometry the position branch reads); a mask may be ``{0, 1, 255}``, only 1 counts."""
-    from .region_extractor import mask_box
+    from .region_extractor import centre_size, mask_box
 
-    rows = []
-    for m in masks:
-        x0, y0, x1, y1 = mask_box(m == 1 if m.dtype != torch.bool else m)
-        h, w = m.shape
-        rows.append([(x0 + x1) / (2 * w), (y0 + y1) / (2 * h), (x1 - x0) / w, (y1 - y0) / h])
+    rows = [centre_size(mask_box(m if m.dtype == torch.bool else m == 1), m.shape) for m in masks]
     return torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
 
 
@@ -132,10 +132,6 @@ def decode_masks(
     Args:
         sam: a ``transformers.SamModel``.
         prompts: ``(N, P)`` sparse prompt tokens (P = SAM prompt width, 256 for SAM).
-        boxes: ``(N, 4)`` predicted ``(cx, cy, w, h)`` image fractions (``box_prompt``): SAM's two
-            box-corner tokens join each prompt token.
-        box_dropout: the probability, per prompt, that its box tokens are replaced by SAM's "not a
-            point" token (training only: the decoder keeps learning to read the prompt token alone).
         image_embeddings: ``(B, P, g, g)`` SAM embeddings of the B images (computed once each).
         image_index: ``(N,)`` image of each prompt.
         valid_sizes: ``(B, 2)`` (h, w) of each resized image inside SAM's padded square input.
@@ -143,6 +139,10 @@ def decode_masks(
         at_low_res: return the decoder's own ``4g × 4g`` logits, cropped to the image's valid part, with
             no upsampling (for training losses: :func:`~fclm.model.losses.mask_losses` pools the
             targets to that size). Inference keeps the default.
+        boxes: ``(N, 4)`` predicted ``(cx, cy, w, h)`` image fractions (``box_prompt``): SAM's two
+            box-corner tokens join each prompt token.
+        box_dropout: the probability, per prompt, that its box tokens are replaced by SAM's "not a
+            point" token (training only: the decoder keeps learning to read the prompt token alone).
     Returns:
         N logit maps, the i-th of shape ``original_sizes[image_index[i]]`` (``at_low_res``: about
         ``valid_sizes[image_index[i]] · 4g / S``); mask = logits > 0.

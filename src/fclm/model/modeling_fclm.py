@@ -316,6 +316,11 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                 torch.cat(sam_rows), row_image.to(sb.device), sam_pixel_values, sam_valid_sizes, original_sizes)
 
         box_pred, box_true = [], []  # box_prompt: predicted and true boxes of every supervised decode
+        latent_to_targets = cfg.latent_weight > 0 and cfg.latent_scope == "all_targets"
+        # targets with a foreground pixel: the box loss and L_latent's all_targets both need them
+        nonempty = ([i for i, t in enumerate(target_masks) if bool((t == 1).any())]
+                    if target_masks and (self.box_head is not None or latent_to_targets) else [])
+
         if decode_seg and len(sb):
             prompts = self.seg_projector(result.seg_queries)
             boxes = self.box_head(result.seg_queries) if self.box_head is not None else None
@@ -334,11 +339,9 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             if result.loss_dice is not None:
                 result.loss_seg = cfg.dice_weight * result.loss_dice + cfg.bce_weight * result.loss_bce
                 terms["seg"] = result.loss_seg
-            if boxes is not None and target_masks is not None:
-                has = [i for i, t in enumerate(target_masks) if bool((t == 1).any())]
-                if has:
-                    box_pred.append(boxes[has])
-                    box_true.append(box_targets([target_masks[i] for i in has]))
+            if boxes is not None and nonempty:
+                box_pred.append(boxes[nonempty])
+                box_true.append(box_targets([target_masks[i] for i in nonempty]))
 
         if with_self:
             self_boxes = self.box_head(self_pos) if self.box_head is not None else None
@@ -357,11 +360,10 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             terms["box"] = cfg.box_loss_weight * result.loss_box
 
         seg_vec = pos_vec = None
-        if cfg.latent_weight > 0 and cfg.latent_scope == "all_targets" and target_masks:
-            keep = [i for i, t in enumerate(target_masks) if bool((t == 1).any())]
-            if keep:
-                pos_vec, _ = self.region_extractor.encode_position([target_masks[i] == 1 for i in keep], embeds.dtype)
-                seg_vec = result.seg_queries[keep]
+        if latent_to_targets and target_masks:
+            if nonempty:
+                pos_vec, _ = self.region_extractor.encode_position([target_masks[i] == 1 for i in nonempty], embeds.dtype)
+                seg_vec = result.seg_queries[nonempty]
         elif cfg.latent_weight > 0 and latent_pairs is not None and len(latent_pairs):
             seg_vec = result.seg_queries[latent_pairs[:, 0]]
             pos_vec = t_pos[latent_pairs[:, 1]]

@@ -104,6 +104,13 @@ def mask_box(mask: torch.Tensor) -> tuple[int, int, int, int]:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
+def centre_size(box: tuple[int, int, int, int], shape: tuple[int, int]) -> list[float]:
+    """``(cx, cy, w, h)`` of a ``(x0, y0, x1, y1)`` box as fractions of an ``(H, W)`` image."""
+    x0, y0, x1, y1 = box
+    h, w = shape
+    return [(x0 + x1) / (2 * w), (y0 + y1) / (2 * h), (x1 - x0) / w, (y1 - y0) / h]
+
+
 class RMSNorm(nn.Module):
     """``x / rms(x) * weight`` (written out: ``nn.RMSNorm``'s fused kernel is not bit-stable across a
     save/load round trip)."""
@@ -279,8 +286,7 @@ class HybridRegionExtractor(nn.Module):
         for i, m in enumerate(region_masks):
             x0, y0, x1, y1 = boxes[i] if boxes is not None else mask_box(m)
             grids.append(box_coverage(m, (x0, y0, x1, y1), s))
-            h, w = m.shape
-            geo.append(torch.tensor([(x0 + x1) / (2 * w), (y0 + y1) / (2 * h), (x1 - x0) / w, (y1 - y0) / h]))
+            geo.append(torch.tensor(centre_size((x0, y0, x1, y1), m.shape)))
         grid = torch.stack(grids).to(dtype)
         centers_sizes = torch.stack(geo).to(device=grid.device, dtype=dtype)
         # inputs centred on 0: raw coverages/coordinates in [0, 1] share a large mean that makes

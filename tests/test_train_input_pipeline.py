@@ -336,3 +336,67 @@ def test_shared_images_with_full_image_region_features(monkeypatch):
     assert sam.calls == [2]
     assert got[0].loss_latent is not None and got[0].loss_seg is not None and got[0].loss_self is not None
     _assert_same(got, want)
+
+
+def test_synthetic_scenes_are_generated_once_and_shared(monkeypatch):
+    """Readers of one process share the scenes they generate (bounded, least recently used out);
+    a cached scene is the scene the generator makes, and the batches built from cached scenes
+    equal those built with the cache off."""
+    from fclm.data import synthetic
+    from fclm.data.masks import decode_rle
+    from fclm.train.data import SyntheticReader
+
+    monkeypatch.setattr(SyntheticReader, "_cache", type(SyntheticReader._cache)())
+    monkeypatch.setattr(SyntheticReader, "SCENE_CACHE_SIZE", 3)
+    calls = []
+    real = synthetic.generate_scene
+    monkeypatch.setattr(synthetic, "generate_scene", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    a, b = SyntheticReader(10, seed=5), SyntheticReader(10, seed=5)
+    other = SyntheticReader(10, seed=6)
+    first = a[2]
+    assert b[2] is first and calls == [2]  # the second reader reads the first one's scene
+    fresh = real(2, "train", 5)
+    assert np.array_equal(np.asarray(first.image.array), np.asarray(fresh.image.array))
+    assert [np.array_equal(decode_rle(o.mask), decode_rle(p.mask)) for o, p in zip(first.objects, fresh.objects)] \
+        == [True] * len(fresh.objects)
+    assert other[2] is not first and calls == [2, 2]  # another seed is another scene
+    a[3], a[4]  # 4 scenes were read, the cache holds 3: scene 2 of seed 5 (least recently used) is out
+    assert len(SyntheticReader._cache) == 3
+    a[2]
+    assert calls == [2, 2, 3, 4, 2]
+
+
+def test_batches_from_cached_scenes_equal_uncached(tmp_path, monkeypatch):
+    from fclm.train.config import load_train_config
+    from fclm.train.data import SyntheticReader
+    from fclm.train.quickstart import packaged_config
+    from fclm.train.trainer import Trainer
+
+    monkeypatch.setattr(SyntheticReader, "_cache", type(SyntheticReader._cache)())
+    cfg = load_train_config(packaged_config("quickstart-stage1.yaml"),
+                            [f"output_dir={tmp_path}/o", "steps=6", "data.synthetic.num_scenes=12"])
+    stream = Trainer(cfg, progress=False).stream
+
+    def batches():
+        return [stream.micro_batch(s, 0, 0, 1) for s in range(6)]
+
+    monkeypatch.setattr(SyntheticReader, "SCENE_CACHE_SIZE", 0)
+    plain = batches()
+    assert len(SyntheticReader._cache) == 0
+    monkeypatch.setattr(SyntheticReader, "SCENE_CACHE_SIZE", 4096)
+    batches()  # fills the cache
+    cached = batches()
+    assert 0 < len(SyntheticReader._cache) <= 12
+
+    def same(x, y):
+        if isinstance(x, torch.Tensor):
+            return torch.equal(x, y)
+        if isinstance(x, dict):
+            return x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
+        if isinstance(x, (list, tuple)):
+            return len(x) == len(y) and all(same(p, q) for p, q in zip(x, y))
+        if isinstance(x, np.ndarray):
+            return np.array_equal(x, y)
+        return x == y
+
+    assert all(same(p, q) for p, q in zip(plain, cached))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..data.mixture import MixtureSampler
@@ -32,7 +33,15 @@ log = logging.getLogger("fclm.train")
 
 
 class SyntheticReader:
-    """Map-style reader over generated scenes (generated on access: no memory held)."""
+    """Map-style reader over generated scenes, generated on first access.
+
+    The last ``SCENE_CACHE_SIZE`` scenes read by any reader of this process are kept (a scene is a
+    pure function of its index, split, seed and options): a quickstart run draws each of its 4,000
+    scenes ≈ 4.6 times and its six sources share them, and generating a scene is ≈ 60 % of building
+    a training example. About 0.25 MB per scene (the 256² image and the object masks)."""
+
+    SCENE_CACHE_SIZE = 4096
+    _cache: OrderedDict = OrderedDict()
 
     def __init__(self, num_scenes: int, split: str = "train", seed: int = 0, **scene_options):
         from ..data.synthetic import SceneConfig
@@ -47,7 +56,17 @@ class SyntheticReader:
     def __getitem__(self, i: int) -> Sample:
         from ..data.synthetic import generate_scene
 
-        return generate_scene(int(i), self.split, self.seed, self.config)
+        key = (int(i), self.split, self.seed, repr(self.config))
+        cache = SyntheticReader._cache
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        sample = generate_scene(int(i), self.split, self.seed, self.config)
+        if self.SCENE_CACHE_SIZE > 0:
+            cache[key] = sample
+            while len(cache) > self.SCENE_CACHE_SIZE:
+                cache.popitem(last=False)
+        return sample
 
 
 def open_source(cfg: TrainConfig, src) -> object:

@@ -37,8 +37,8 @@ class SyntheticReader:
 
     The last ``SCENE_CACHE_SIZE`` scenes read by any reader of this process are kept (a scene is a
     pure function of its index, split, seed and options): a quickstart run draws each of its 4,000
-    scenes ≈ 4.6 times and its six sources share them, and generating a scene is ≈ 60 % of building
-    a training example. About 0.25 MB per scene (the 256² image and the object masks)."""
+    scenes ≈ 4.6 times and its six sources share them, and generating a scene is ≈ 30 % of building
+    a training example (cProfile). About 0.2 MB per scene (the 256² image and the object masks)."""
 
     SCENE_CACHE_SIZE = 4096
     _cache: OrderedDict = OrderedDict()

@@ -49,6 +49,7 @@ class SyntheticReader:
         self.n, self.split, self.seed = int(num_scenes), split, int(seed)
         self.config = SceneConfig(**scene_options)
         self.name = "synthetic"
+        self._cache_key = (self.split, self.seed, repr(self.config))  # + the index: one scene
 
     def __len__(self) -> int:
         return self.n
@@ -56,7 +57,7 @@ class SyntheticReader:
     def __getitem__(self, i: int) -> Sample:
         from ..data.synthetic import generate_scene
 
-        key = (int(i), self.split, self.seed, repr(self.config))
+        key = (int(i), *self._cache_key)
         cache = SyntheticReader._cache
         if key in cache:
             cache.move_to_end(key)

@@ -2,6 +2,7 @@
 
     python benchmarks/quickstart_step_ab.py --rounds 4 --steps 5
     python benchmarks/quickstart_step_ab.py --profile 20     # torch.profiler table of the default step
+    python benchmarks/quickstart_step_ab.py --parts 30       # wall time of the model's parts per step
 
 One Trainer on ``configs/train/quickstart-stage1.yaml``; each round runs ``--steps`` training steps
 under every variant in turn (variants set FCLMConfig fields on the live model), so a loaded or
@@ -42,6 +43,7 @@ def main(argv=None) -> None:
     ap.add_argument("--variant", action="append", default=[], help="NAME:field=value,... (FCLMConfig fields)")
     ap.add_argument("--set", action="append", default=[], help="training-config override, e.g. per_device_batch=8")
     ap.add_argument("--profile", type=int, default=0, help="instead: profile this many default steps")
+    ap.add_argument("--parts", type=int, default=0, help="instead: time the model's parts over this many default steps")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--out", default="/tmp/fclm-qs-ab")
     args = ap.parse_args(argv)
@@ -83,6 +85,10 @@ def main(argv=None) -> None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
         return
 
+    if args.parts:
+        _time_parts(tr, batches, args.parts)
+        return
+
     variants = dict(DEFAULT_VARIANTS) if not args.variant else {"default": {}}
     variants.update(_parse_variant(v) for v in args.variant)
     fields = {k for v in variants.values() for k in v if k != "threads"}
@@ -110,6 +116,44 @@ def main(argv=None) -> None:
     for name, v in times.items():
         m, c = statistics.median(v), statistics.median(cpu[name])
         print(f"| {name} | {m:.3f} | {m / ref:.2f}× | {c:.3f} | {c / cref:.2f}× |")
+
+
+def _time_parts(tr, batches, steps: int) -> None:
+    """Wall seconds per step spent in each part of the model (forward only, except the backward,
+    optimizer and clipping rows); the parts nest inside "forward", so they do not add up to 100 %."""
+    import functools
+
+    import fclm.model.modeling_fclm as modeling
+
+    spent: dict[str, float] = {}
+
+    def timed(owner, attr: str, label: str) -> None:
+        fn = getattr(owner, attr)
+
+        @functools.wraps(fn)
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.perf_counter() - t
+        setattr(owner, attr, wrapper)
+
+    m = tr.unwrapped
+    for owner, attr, label in ((m, "forward", "forward"), (tr.accelerator, "backward", "backward"),
+                               (tr.optimizer, "step", "optimizer step"), (tr.accelerator, "clip_grad_norm_", "grad clip"),
+                               (modeling, "decode_masks", "SAM mask decoder"), (modeling, "mask_losses", "mask losses"),
+                               (modeling, "sam_image_embeddings", "SAM image encoder"), (m, "encode_images", "vision encoder"),
+                               (m, "run_language_model", "LLM"), (m.region_extractor, "forward", "region extractor"),
+                               (m.region_extractor, "encode_position", "position branch")):
+        timed(owner, attr, label)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        tr.train_step(batches)
+    wall = time.perf_counter() - t0
+    print(f"{steps} steps: {wall / steps:.3f} s/step\n\n| part | ms/step | share of a step |\n|---|---|---|")
+    for label, v in sorted(spent.items(), key=lambda kv: -kv[1]):
+        print(f"| {label} | {1000 * v / steps:.1f} | {100 * v / wall:.1f} % |")
 
 
 if __name__ == "__main__":

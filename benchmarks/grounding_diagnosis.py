@@ -27,13 +27,16 @@ import numpy as np
 COVER = 0.5  # a mask "covers" an object when it holds more than half of the object's pixels
 
 
-def coverage(pred: np.ndarray, masks: list[np.ndarray]) -> list[float]:
-    """Share of each object's pixels inside ``pred``."""
+def coverage(pred: np.ndarray, masks: np.ndarray) -> list[float]:
+    """Share of each object's pixels inside ``pred``; ``masks`` ``(N, H, W)`` bool."""
     return [float((pred & m).sum()) / max(1, int(m.sum())) for m in masks]
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum()) / max(1, int((a | b).sum()))
+def iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    """The RES metric's per-query IoU (``fclm.eval.metrics.seg``, LISA's rule)."""
+    from fclm.eval.metrics.seg import REFERENCE_EPS, intersection_union, iou_from
+
+    return iou_from(*intersection_union(pred, gt), eps=REFERENCE_EPS)
 
 
 def expression_kind(text: str) -> str:
@@ -45,14 +48,14 @@ def expression_kind(text: str) -> str:
     return "category" if len(text.split()) == 2 else "attributes"
 
 
-def res_by_kind(samples, predictions: dict[str, dict]) -> dict[str, dict]:
-    """Per expression kind: n, mean IoU (%), outcome counts and multi-cover count."""
+def res_by_kind(samples, scene_masks: list[np.ndarray], predictions: dict[str, dict]) -> dict[str, dict]:
+    """Per expression kind: n, mean IoU (%), outcome counts and multi-cover count. ``scene_masks``:
+    ``object_masks(sample)`` of each sample."""
     from fclm.data.masks import decode_rle
     from fclm.eval.queries import iter_queries
 
     rows: dict[str, list] = {}
-    for s in samples:
-        masks = [decode_rle(o.mask).astype(bool) for o in s.objects]
+    for s, masks in zip(samples, scene_masks):
         for q in iter_queries(s, "res"):
             target = q.target_ids[0]
             pred = np.zeros_like(masks[target])
@@ -69,23 +72,21 @@ def res_by_kind(samples, predictions: dict[str, dict]) -> dict[str, dict]:
             for k, v in sorted(rows.items())}
 
 
-def self_reconstruction(model, processor, samples) -> dict:
-    """Mean IoU (%) of every object's decoded `<pos>` code, and single / multi-cover counts."""
+def self_reconstruction(model, processor, samples, scene_masks: list[np.ndarray]) -> dict:
+    """Mean IoU (%) of every object's decoded `<pos>` code, and how many decodes cover 2+ objects."""
     import torch
 
-    from fclm.data.masks import decode_rle
-    from fclm.data.schema import Example
     from fclm.model.mask_decoding import decode_masks, sam_image_embeddings
+    from fclm.model.processing_fclm import sam_preprocess
 
     ious, multi = [], 0
-    for s in samples:
-        masks = [decode_rle(o.mask).astype(bool) for o in s.objects]
-        batch = processor.normalize_images(processor([Example("roc", s, "<region>", "x", region_ids=[0])]))
+    for s, masks in zip(samples, scene_masks):
+        pixels, valid = sam_preprocess(s.image.open(), processor.sam_image_size)  # SAM's input only
         with torch.no_grad():
-            emb = sam_image_embeddings(model.sam, batch["sam_pixel_values"])
-            t_pos, _ = model.region_extractor.encode_position([torch.from_numpy(m) for m in masks], emb.dtype)
+            emb = sam_image_embeddings(model.sam, torch.from_numpy(pixels)[None])
+            t_pos, _ = model.region_extractor.encode_position(list(torch.from_numpy(masks)), emb.dtype)
             logits = decode_masks(model.sam, model.seg_projector(t_pos), emb, torch.zeros(len(masks), dtype=torch.long),
-                                  batch["sam_valid_sizes"], batch["original_sizes"])
+                                  torch.tensor([valid]), torch.tensor([[s.height, s.width]]))
         for i, lg in enumerate(logits):
             pred = (lg > 0).numpy()
             ious.append(iou(pred, masks[i]))
@@ -100,19 +101,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--scenes", type=int, default=30)
     args = ap.parse_args(argv)
 
-    from fclm.data.synthetic import generate_scenes
+    from fclm.data.synthetic import generate_scenes, object_masks
     from fclm.model.builders import load_fclm
 
     model, processor = load_fclm(args.model)
     model.eval()
     samples = generate_scenes(args.scenes, "test", seed=0)
-    report = {"self_reconstruction": self_reconstruction(model, processor, samples)}
+    scene_masks = [object_masks(s) for s in samples]  # decoded once, read by both reports
+    report = {"self_reconstruction": self_reconstruction(model, processor, samples, scene_masks)}
     r = report["self_reconstruction"]
     print(f"<pos> self-reconstruction: {r['n']} objects, IoU {r['IoU']:.1f}, {r['multi']} decodes cover 2+ objects")
     if args.res_predictions:
         with open(args.res_predictions) as f:
             preds = {rec["id"]: rec for rec in map(json.loads, filter(str.strip, f))}
-        report["res"] = res_by_kind(samples, preds)
+        report["res"] = res_by_kind(samples, scene_masks, preds)
         print("\n| RES expressions | n | gIoU | covers: the target alone / the target and others / only others / "
               "nothing |\n|---|---|---|---|")
         for kind, v in report["res"].items():

@@ -21,6 +21,12 @@ def _scenes(n=4):
     return generate_scenes(n, "test", seed=0)
 
 
+def _report(mod, samples, preds):
+    from fclm.data.synthetic import object_masks
+
+    return mod.res_by_kind(samples, [object_masks(s) for s in samples], preds)
+
+
 def _predictions(samples, pick):
     """RES predictions whose mask is ``pick(sample, target)`` (a list of object indices, unioned)."""
     from fclm.data.masks import decode_rle, encode_mask
@@ -37,6 +43,20 @@ def _predictions(samples, pick):
     return out
 
 
+def _exact_iou(mod, samples):
+    """Mean IoU (%) per kind when every prediction is its target: I = U = the target's area A, and
+    LISA's rule gives A / (A + 1e-5)."""
+    from fclm.data.masks import decode_rle
+    from fclm.eval.queries import iter_queries
+
+    per: dict[str, list[float]] = {}
+    for s in samples:
+        for q in iter_queries(s, "res"):
+            a = int(decode_rle(s.objects[q.target_ids[0]].mask).astype(bool).sum())
+            per.setdefault(mod.expression_kind(q.text), []).append(100 * a / (a + 1e-5))
+    return {k: sum(v) / len(v) for k, v in per.items()}
+
+
 def test_expression_kinds():
     mod = _module()
     assert mod.expression_kind("the star in the top left") == "position"
@@ -48,20 +68,21 @@ def test_res_report_known_answers():
     mod = _module()
     samples = _scenes()
     n_queries = sum(len(o.expressions) for s in samples for o in s.objects)
-    exact = mod.res_by_kind(samples, _predictions(samples, lambda s, t: [t]))
+    exact = _report(mod, samples, _predictions(samples, lambda s, t: [t]))
     assert sum(v["n"] for v in exact.values()) == n_queries
-    for v in exact.values():
-        assert abs(v["IoU"] - 100.0) < 1e-9 and v["outcomes"] == {"target only": v["n"]} and v["multi"] == 0
+    expected = _exact_iou(mod, samples)
+    for kind, v in exact.items():
+        assert abs(v["IoU"] - expected[kind]) < 1e-9 and v["outcomes"] == {"target only": v["n"]} and v["multi"] == 0
     # every object at once: each prediction covers all of the scene's (3-5) objects
-    union = mod.res_by_kind(samples, _predictions(samples, lambda s, t: range(len(s.objects))))
+    union = _report(mod, samples, _predictions(samples, lambda s, t: range(len(s.objects))))
     for v in union.values():
         assert v["multi"] == v["n"] and v["IoU"] < 100.0 and v["outcomes"] == {"target and others": v["n"]}
     # a neighbour instead of the target: never on the target
-    wrong = mod.res_by_kind(samples, _predictions(samples, lambda s, t: [(t + 1) % len(s.objects)]))
+    wrong = _report(mod, samples, _predictions(samples, lambda s, t: [(t + 1) % len(s.objects)]))
     for v in wrong.values():
         assert v["outcomes"] == {"others": v["n"]} and v["multi"] == 0
     # no prediction at all
-    empty = mod.res_by_kind(samples, {})
+    empty = _report(mod, samples, {})
     for v in empty.values():
         assert v["IoU"] == 0.0 and v["outcomes"] == {"none": v["n"]}
 
@@ -77,5 +98,6 @@ def test_runs_on_a_saved_tiny_model(tmp_path, capsys):
     report = _module().main([str(tmp_path / "m"), "--scenes", "2", "--res-predictions", str(path)])
     r = report["self_reconstruction"]
     assert r["n"] == sum(len(s.objects) for s in samples) and 0.0 <= r["IoU"] <= 100.0 and 0 <= r["multi"] <= r["n"]
-    assert all(v["IoU"] == 100.0 for v in report["res"].values())
+    expected = _exact_iou(_module(), samples)
+    assert all(abs(v["IoU"] - expected[k]) < 1e-9 for k, v in report["res"].items())
     assert "self-reconstruction" in capsys.readouterr().out

@@ -77,14 +77,19 @@ def self_reconstruction(model, processor, samples, scene_masks: list[np.ndarray]
     import torch
 
     from fclm.model.mask_decoding import decode_masks, sam_image_embeddings
+    from fclm.model.modeling_fclm import appearance_of
     from fclm.model.processing_fclm import sam_preprocess
 
     ious, multi = [], 0
     for s, masks in zip(samples, scene_masks):
         pixels, valid = sam_preprocess(s.image.open(), processor.sam_image_size)  # SAM's input only
         with torch.no_grad():
-            emb = sam_image_embeddings(model.sam, torch.from_numpy(pixels)[None])
-            t_pos, _ = model.region_extractor.encode_position(list(torch.from_numpy(masks)), emb.dtype)
+            px = torch.from_numpy(pixels)[None]
+            emb = sam_image_embeddings(model.sam, px)
+            appearance = model.appearance_source(px, torch.tensor([valid]), torch.zeros(1, dtype=torch.long))
+            t_pos, _ = model.region_extractor.encode_position(
+                list(torch.from_numpy(masks)), emb.dtype,
+                appearance=appearance_of(appearance, torch.zeros(len(masks), dtype=torch.long)))
             logits = decode_masks(model.sam, model.seg_projector(t_pos), emb, torch.zeros(len(masks), dtype=torch.long),
                                   torch.tensor([valid]), torch.tensor([[s.height, s.width]]))
         for i, lg in enumerate(logits):

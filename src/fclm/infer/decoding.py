@@ -502,8 +502,17 @@ def run_batch(model, processor, requests: list[Request], options: GenerationOpti
             crop_feats = torch.cat([sam_image_embeddings(model.sam, cp[i: i + step]) for i in range(0, len(cp), step)])
             crop_masks = torch.cat(cms)
         vis_rows = [vision[u] for u in row_img]
+        appearance = None
+        if cfg.pos_appearance:  # appearance cells of each distinct image of a region's row
+            used = sorted({row_img[r] for r in region_rows})
+            px = torch.stack([torch.from_numpy(images[u].sam(processor)[0]) for u in used]).to(dev)
+            valid = torch.tensor([list(images[u].sam(processor)[1]) for u in used], device=dev)
+            slot = {u: j for j, u in enumerate(used)}
+            appearance = (model.region_extractor.appearance_maps(px),
+                          torch.tensor([slot[row_img[r]] for r in region_rows], device=dev), valid)
         t_mask, t_pos = model.region_extractor(masks_all, rows_t, vis_rows, crop_feats, crop_masks, boxes,
-                                               sam_image_features=sam_rows, sam_valid_sizes=valid_rows)
+                                               sam_image_features=sam_rows, sam_valid_sizes=valid_rows,
+                                               appearance=appearance)
         k = 0
         for r, ids in enumerate(row_ids):
             n = len(requests[r].regions)

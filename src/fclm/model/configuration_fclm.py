@@ -51,6 +51,11 @@ class FCLMConfig(Qwen2_5_VLConfig):
         the box centre and size at this many octave frequencies (a Fourier input encoding; 0 = the
         paper's raw coordinates). An MLP on raw coordinates learns a smooth function of them, while
         the SAM decoder localises by matching Fourier features of positions.
+    pos_appearance (`bool`, defaults to False): T_pos also carries the region's look: a stride-8
+        convolution over SAM's input pixels, mean-pooled under the mask, through an MLP, added to
+        the position branch's output. L_self then teaches the mask decoder to find a region by its
+        colour and texture as well as by its place, and L_latent asks `[SEG]` for the look that the
+        expression names (ours, not the paper's: the paper's T_pos is geometry only).
     max_region_pixels (`int`): cap on foreground feature cells used by pixel enhancement.
     ce_weight, dice_weight, bce_weight, self_recon_weight, latent_weight (`float`): loss weights
         (§1.5). ``self_recon_weight`` is L_self (stage 1), ``latent_weight`` L_latent (stage 2).
@@ -101,6 +106,7 @@ class FCLMConfig(Qwen2_5_VLConfig):
     region_crop_size: int | None = None
     pos_grid_size: int = 16
     pos_fourier_bands: int = 0
+    pos_appearance: bool = False
     max_region_pixels: int = 1024
     ce_weight: float = 1.0
     dice_weight: float = 1.0

@@ -133,13 +133,15 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         image_index: torch.LongTensor | None = None,
         sam_image_embeds: torch.Tensor | None = None,
         sam_valid_sizes: torch.Tensor | None = None,
+        appearance: tuple | None = None,
     ):
         """Token embeddings with image features and visual prompts written into their slots.
 
         ``image_index`` ``(B,)``: row → image of ``pixel_values`` (distinct images, each encoded
         once); None: one image per row. ``sam_image_embeds`` ``(B, C, g, g)`` / ``sam_valid_sizes``
         ``(B, 2)``: the full-image SAM embeddings of each row, for ``region_feature_source="image"``
-        (see :meth:`region_sam_embeddings`). Returns ``(inputs_embeds (B, L, d), vision_features (one
+        (see :meth:`region_sam_embeddings`). ``appearance``: :meth:`appearance_source` of the rows'
+        images, for ``pos_appearance``. Returns ``(inputs_embeds (B, L, d), vision_features (one
         per row), t_mask (R, d) | None, t_pos (R, d) | None, region_image_index (R,) | None)``.
         """
         embeds = self.get_input_embeddings()(input_ids)
@@ -180,9 +182,18 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             elif self.config.use_local_aggregation and (sam_image_embeds is None or sam_valid_sizes is None):
                 raise ValueError("region_feature_source='image' needs sam_pixel_values and sam_valid_sizes from the processor")
             t_mask, t_pos = self.region_extractor(region_masks, region_index, vision, crop_feats, region_crop_masks,
-                                                  sam_image_features=sam_image_embeds, sam_valid_sizes=sam_valid_sizes)
+                                                  sam_image_features=sam_image_embeds, sam_valid_sizes=sam_valid_sizes,
+                                                  appearance=appearance_of(appearance, region_index))
             embeds = self.place_visual_prompts(embeds, input_ids, t_mask, t_pos)
         return embeds, vision, t_mask, t_pos, region_index
+
+    def appearance_source(self, sam_pixel_values: torch.Tensor | None, sam_valid_sizes: torch.Tensor | None,
+                          row_image: torch.Tensor) -> tuple | None:
+        """For ``pos_appearance``: ``(maps (N, g, g, r) of the N images, row → image (B,), valid sizes
+        (N, 2))``; None when it is off or there are no SAM inputs."""
+        if not self.config.pos_appearance or sam_pixel_values is None:
+            return None
+        return self.region_extractor.appearance_maps(sam_pixel_values), row_image, sam_valid_sizes
 
     def region_sam_embeddings(self, sam_pixel_values: torch.Tensor | None, region_masks) -> torch.Tensor | None:
         """Full-image SAM embeddings ``(B, C, g, g)`` when the region prompts read them
@@ -277,9 +288,10 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         region_sam = self.region_sam_embeddings(sam_pixel_values, region_masks)  # every (distinct) image, or None
         row_image = (torch.arange(input_ids.shape[0], device=input_ids.device) if image_index is None
                      else image_index.to(input_ids.device))
+        appearance = self.appearance_source(sam_pixel_values, sam_valid_sizes, row_image)
         embeds, vision, t_mask, t_pos, region_index = self.build_inputs_embeds(
             input_ids, pixel_values, image_grid_thw, region_masks, region_crop_pixel_values, region_crop_masks,
-            image_index, *self._per_row(region_sam, sam_valid_sizes, row_image))
+            image_index, *self._per_row(region_sam, sam_valid_sizes, row_image), appearance=appearance)
         position_ids, _ = self.position_ids_for(input_ids, image_grid_thw, attention_mask)
         out = self.run_language_model(embeds, attention_mask, position_ids)
         hidden = out.last_hidden_state
@@ -301,8 +313,8 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         if target_masks is not None and len(target_masks) != len(sb):
             raise ValueError(f"input_ids hold {len(sb)} [SEG] tokens but {len(target_masks)} target masks were given")
         decode_seg = sam_pixel_values is not None if decode_seg is None else decode_seg
-        self_masks, self_pos, self_index = self._self_recon_inputs(region_masks, t_pos, region_index,
-                                                                   object_masks, object_image_index, embeds.dtype)
+        self_masks, self_pos, self_index = self._self_recon_inputs(region_masks, t_pos, region_index, object_masks,
+                                                                   object_image_index, embeds.dtype, appearance)
         with_self = bool(self_masks) and cfg.self_recon_weight > 0 and sam_pixel_values is not None
         sam_rows = [sb] if decode_seg and len(sb) else []  # batch rows whose image SAM must encode
         if with_self:
@@ -362,7 +374,9 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         seg_vec = pos_vec = None
         if latent_to_targets and target_masks:
             if nonempty:
-                pos_vec, _ = self.region_extractor.encode_position([target_masks[i] == 1 for i in nonempty], embeds.dtype)
+                pos_vec, _ = self.region_extractor.encode_position(
+                    [target_masks[i] == 1 for i in nonempty], embeds.dtype,
+                    appearance=appearance_of(appearance, sb[nonempty]))
                 seg_vec = result.seg_queries[nonempty]
         elif cfg.latent_weight > 0 and latent_pairs is not None and len(latent_pairs):
             seg_vec = result.seg_queries[latent_pairs[:, 0]]
@@ -394,7 +408,10 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             embeds, *_ = self.build_inputs_embeds(input_ids, pixel_values, image_grid_thw, region_masks,
                                                   region_crop_pixel_values, region_crop_masks,
                                                   sam_image_embeds=self.region_sam_embeddings(sam_pixel_values, region_masks),
-                                                  sam_valid_sizes=sam_valid_sizes)
+                                                  sam_valid_sizes=sam_valid_sizes,
+                                                  appearance=self.appearance_source(
+                                                      sam_pixel_values, sam_valid_sizes,
+                                                      torch.arange(input_ids.shape[0], device=input_ids.device)))
         for k in ("original_sizes", "labels", "target_masks", "latent_pairs", "object_masks",
                   "object_image_index", "decode_seg"):
             kwargs.pop(k, None)
@@ -446,7 +463,8 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             raise ValueError("generation_config has no eos_token_id; build or load the model with fclm")
         return eos
 
-    def _self_recon_inputs(self, region_masks, t_pos, region_index, object_masks, object_image_index, dtype):
+    def _self_recon_inputs(self, region_masks, t_pos, region_index, object_masks, object_image_index, dtype,
+                           appearance=None):
         """Masks, `<pos>` vectors and batch rows that L_self reconstructs."""
         masks, pos, index = list(region_masks or []), t_pos, region_index
         if self.config.self_recon_scope == "all_objects" and object_masks:
@@ -455,7 +473,8 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                 pick = torch.randperm(len(object_masks))[:cap].sort().values
                 object_masks = [object_masks[i] for i in pick.tolist()]
                 object_image_index = object_image_index[pick.to(object_image_index.device)]
-            obj_pos, _ = self.region_extractor.encode_position(object_masks, dtype)
+            obj_pos, _ = self.region_extractor.encode_position(object_masks, dtype,
+                                                               appearance=appearance_of(appearance, object_image_index))
             masks += list(object_masks)
             pos = obj_pos if pos is None else torch.cat([pos, obj_pos])
             idx = object_image_index.to(obj_pos.device)
@@ -495,6 +514,15 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                 idx = idx[torch.randperm(len(idx))[: self.config.max_masks_per_sample].to(idx.device)].sort().values
             keep.append(idx)
         return torch.cat(keep)
+
+
+def appearance_of(source: tuple | None, rows: torch.Tensor) -> tuple | None:
+    """:meth:`FCLMForConditionalGeneration.appearance_source` → the ``appearance`` argument of
+    ``encode_position`` for masks of batch ``rows``."""
+    if source is None:
+        return None
+    maps, row_image, valid = source
+    return maps, row_image[rows.to(row_image.device)], valid
 
 
 def _first_rows(image_index: torch.Tensor) -> list[int]:

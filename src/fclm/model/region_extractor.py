@@ -11,7 +11,8 @@ Semantic branch, three progressive steps, each switchable (paper Table 9):
 then an MLP to the LLM width d → T_mask. With local aggregation off the pixel features are the
 vision encoder's cells inside the mask, so with everything off T_mask is the mask-pooled vision
 feature (the baseline row). Position branch: MLP over (the mask inside its box on an S×S grid, box
-centre, box size) → T_pos.
+centre, box size) → T_pos. With ``pos_appearance`` (ours, off by default) T_pos also carries the
+region's look: a small convolution over SAM's input pixels, mean-pooled under the mask.
 
 Cheaper local aggregation (config; off by default until an ablation on real weights):
 ``region_crop_size`` (smaller SAM crops, e.g. 512) or ``region_feature_source="image"`` (the cells of
@@ -109,6 +110,9 @@ def centre_size(box: tuple[int, int, int, int], shape: tuple[int, int]) -> list[
     x0, y0, x1, y1 = box
     h, w = shape
     return [(x0 + x1) / (2 * w), (y0 + y1) / (2 * h), (x1 - x0) / w, (y1 - y0) / h]
+
+
+APPEARANCE_STRIDE = 8  # pixels per side of a ``pos_appearance`` cell
 
 
 class RMSNorm(nn.Module):
@@ -228,6 +232,10 @@ class HybridRegionExtractor(nn.Module):
         self.semantic_guidance = DeformableGuidance(r, d, config.deformable_heads, config.deformable_points)
         self.mask_out = Mlp([r, d, d])
         self.pos_branch = Mlp([s * s + 4 + 8 * config.pos_fourier_bands, r, d, d])
+        if config.pos_appearance:
+            # 8-px cells of SAM's input: colour and texture only (no position, unlike SAM's features)
+            self.appearance_stem = nn.Conv2d(3, r, kernel_size=APPEARANCE_STRIDE, stride=APPEARANCE_STRIDE)
+            self.appearance_proj = Mlp([r, r, d])
         # RMS-normalised outputs with a gain at the token embeddings' scale: unnormalised, their norm
         # drifts to ~20× the embeddings', and the LLM's RMSNorm then shrinks the gradient of every
         # region-specific direction by that factor (the region tokens stop being told apart)
@@ -273,10 +281,24 @@ class HybridRegionExtractor(nn.Module):
         pad[:, 0] = False  # never fully padded (only for a region that covers no cell at all)
         return pixels, pad, pooled
 
+    def appearance_maps(self, sam_pixel_values: torch.Tensor | None) -> torch.Tensor | None:
+        """``(N, 3, S, S)`` SAM-preprocessed images → ``(N, S/8, S/8, r)`` appearance cells, or None
+        when ``pos_appearance`` is off."""
+        if not self.config.pos_appearance:
+            return None
+        if sam_pixel_values is None:
+            raise ValueError("pos_appearance needs sam_pixel_values from the processor")
+        w = self.appearance_stem.weight
+        return self.appearance_stem(sam_pixel_values.to(device=w.device, dtype=w.dtype)).permute(0, 2, 3, 1)
+
     def encode_position(self, region_masks: list[torch.Tensor], dtype,
-                        boxes: list[tuple[int, int, int, int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        boxes: list[tuple[int, int, int, int]] | None = None,
+                        appearance: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Position branch alone: R masks → T_pos ``(R, d)`` and their (cx, cy, w, h) ``(R, 4)``.
-        ``boxes``: the masks' :func:`mask_box` when the caller has them already.
+        ``boxes``: the masks' :func:`mask_box` when the caller has them already. ``appearance``
+        (needed with ``pos_appearance``): ``(maps, image_index, valid_sizes)``, i.e. the
+        :meth:`appearance_maps` of the images, each mask's image ``(R,)``, and each image's resized
+        ``(h, w)`` inside SAM's padded square input.
 
         The S×S grid is the mask inside its own bounding box: with the box it pins down the region's
         shape as well as its place (an image-wide S×S grid would blur a small region to a blob).
@@ -296,8 +318,26 @@ class HybridRegionExtractor(nn.Module):
             freqs = math.pi * 2.0 ** torch.arange(self.config.pos_fourier_bands, device=grid.device, dtype=dtype)
             angles = (centers_sizes[:, :, None] * freqs).flatten(1)  # (R, 4·bands)
             feats += [angles.sin(), angles.cos()]
-        feats = torch.cat(feats, 1)
-        return self.pos_norm(self.pos_branch(feats)), centers_sizes
+        out = self.pos_branch(torch.cat(feats, 1))
+        if self.config.pos_appearance:
+            if appearance is None:
+                raise ValueError("pos_appearance needs the images' appearance maps (sam_pixel_values)")
+            out = out + self.appearance_proj(self._pool_appearance(region_masks, *appearance).to(out.dtype))
+        return self.pos_norm(out), centers_sizes
+
+    @staticmethod
+    def _pool_appearance(region_masks, maps, image_index, valid_sizes) -> torch.Tensor:
+        """Coverage-weighted mean of each mask's image's appearance cells ``(R, r)``."""
+        pooled = []
+        g = maps.shape[1]
+        side = g * APPEARANCE_STRIDE  # SAM's square input, in pixels
+        for m, i in zip(region_masks, image_index.tolist()):
+            h, w = (float(v) for v in valid_sizes[i])
+            # the cells span SAM's padded square; the mask spans its resized (h, w) part
+            extent = (m.shape[1] * side / w, m.shape[0] * side / h)
+            cover = grid_coverage(m, (0, 0, *extent), (g, g)).to(device=maps.device, dtype=maps.dtype)
+            pooled.append(torch.einsum("hw,hwc->c", cover, maps[i]) / cover.sum().clamp(min=1e-6))
+        return torch.stack(pooled)
 
     def _pool_maps(self, region_masks, region_image_index, maps, proj, extents, dtype):
         """Pooling (and pixel-enhancement keys) from one feature map per image: each map is projected
@@ -332,6 +372,7 @@ class HybridRegionExtractor(nn.Module):
         region_boxes: list[tuple[int, int, int, int]] | None = None,
         sam_image_features: list[torch.Tensor] | torch.Tensor | None = None,
         sam_valid_sizes: torch.Tensor | list | None = None,
+        appearance: tuple | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
@@ -351,7 +392,7 @@ class HybridRegionExtractor(nn.Module):
         """
         cfg = self.config
         dtype = vision_features[0].dtype
-        t_pos, centers_sizes = self.encode_position(region_masks, dtype, region_boxes)
+        t_pos, centers_sizes = self.encode_position(region_masks, dtype, region_boxes, appearance)
 
         if cfg.use_local_aggregation and cfg.region_feature_source == "crop":
             g = sam_crop_features.shape[-1]

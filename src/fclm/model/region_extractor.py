@@ -281,13 +281,9 @@ class HybridRegionExtractor(nn.Module):
         pad[:, 0] = False  # never fully padded (only for a region that covers no cell at all)
         return pixels, pad, pooled
 
-    def appearance_maps(self, sam_pixel_values: torch.Tensor | None) -> torch.Tensor | None:
-        """``(N, 3, S, S)`` SAM-preprocessed images → ``(N, S/8, S/8, r)`` appearance cells, or None
-        when ``pos_appearance`` is off."""
-        if not self.config.pos_appearance:
-            return None
-        if sam_pixel_values is None:
-            raise ValueError("pos_appearance needs sam_pixel_values from the processor")
+    def appearance_maps(self, sam_pixel_values: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, S, S)`` SAM-preprocessed images → ``(N, S/8, S/8, r)`` appearance cells
+        (``pos_appearance`` only)."""
         w = self.appearance_stem.weight
         return self.appearance_stem(sam_pixel_values.to(device=w.device, dtype=w.dtype)).permute(0, 2, 3, 1)
 

@@ -121,7 +121,8 @@ def test_pos_appearance_trains_and_targets_every_mask_route(app_model):
 
 
 def test_batched_decoding_reads_each_regions_own_image(app_model):
-    """The inference decoder's T_pos equals the training forward's, for regions of two images."""
+    """The inference decoder's and ``generate``'s T_pos equal the training forward's, for regions of
+    two images."""
     from fclm.data.masks import decode_rle
     from fclm.data.schema import Example
     from fclm.infer.decoding import GenerationOptions, Request, run_batch
@@ -137,13 +138,18 @@ def test_batched_decoding_reads_each_regions_own_image(app_model):
                     for s in samples for i in (0, 2)]
             run_batch(model, proc, reqs, GenerationOptions(max_new_tokens=2))
             batched = got[-1]
-            single = []
+            single, generated = [], []
             for s in samples:
                 for i in (0, 2):
                     model(**proc([Example("dlc", s, "Describe <region>.", "a", region_ids=[i])]))
                     single.append(got[-1][0])
+                    inputs = proc(images=s.image.open(), text="Describe <region>.",
+                                  regions=[decode_rle(s.objects[i].mask).astype(bool)])
+                    model.generate(**inputs, max_new_tokens=1)
+                    generated.append(got[-1][0])
     finally:
         hook.remove()
     assert batched.shape[0] == 4
     assert torch.allclose(batched, torch.stack(single), atol=1e-5)
+    assert torch.allclose(torch.stack(generated), torch.stack(single), atol=1e-5)
     assert not torch.allclose(batched[0], batched[2], atol=1e-3)  # same object index, other image

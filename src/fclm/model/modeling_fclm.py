@@ -411,7 +411,8 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                                                   sam_valid_sizes=sam_valid_sizes,
                                                   appearance=self.appearance_source(
                                                       sam_pixel_values, sam_valid_sizes,
-                                                      torch.arange(input_ids.shape[0], device=input_ids.device)))
+                                                      torch.arange(input_ids.shape[0], device=input_ids.device))
+                                                  if region_masks else None)
         for k in ("original_sizes", "labels", "target_masks", "latent_pairs", "object_masks",
                   "object_image_index", "decode_seg"):
             kwargs.pop(k, None)

@@ -115,6 +115,13 @@ def centre_size(box: tuple[int, int, int, int], shape: tuple[int, int]) -> list[
 APPEARANCE_STRIDE = 8  # pixels per side of a ``pos_appearance`` cell
 
 
+def padded_square_extent(mask_shape: tuple[int, int], valid_size, side: int) -> tuple[float, float]:
+    """``(x1, y1)`` in a mask's pixels that SAM's padded ``side``-px square input spans from (0, 0),
+    when the image fills its resized ``valid_size`` = (h, w) part (the rest is padding)."""
+    h, w = (float(v) for v in valid_size)
+    return side * mask_shape[1] / w, side * mask_shape[0] / h
+
+
 class RMSNorm(nn.Module):
     """``x / rms(x) * weight`` (written out: ``nn.RMSNorm``'s fused kernel is not bit-stable across a
     save/load round trip)."""
@@ -328,9 +335,7 @@ class HybridRegionExtractor(nn.Module):
         g = maps.shape[1]
         side = g * APPEARANCE_STRIDE  # SAM's square input, in pixels
         for m, i in zip(region_masks, image_index.tolist()):
-            h, w = (float(v) for v in valid_sizes[i])
-            # the cells span SAM's padded square; the mask spans its resized (h, w) part
-            extent = (m.shape[1] * side / w, m.shape[0] * side / h)
+            extent = padded_square_extent(m.shape, valid_sizes[i], side)
             cover = grid_coverage(m, (0, 0, *extent), (g, g)).to(device=maps.device, dtype=maps.dtype)
             pooled.append(torch.einsum("hw,hwc->c", cover, maps[i]) / cover.sum().clamp(min=1e-6))
         return torch.stack(pooled)
@@ -399,10 +404,8 @@ class HybridRegionExtractor(nn.Module):
             if sam_image_features is None or sam_valid_sizes is None:
                 raise ValueError("region_feature_source='image' needs sam_image_features and sam_valid_sizes")
             side = cfg.sam_config.vision_config.image_size  # the embedding spans SAM's padded square input
-            extents = {}
-            for m, i in zip(region_masks, region_image_index.tolist()):
-                h, w = (float(v) for v in sam_valid_sizes[i])
-                extents[i] = (side * m.shape[1] / w, side * m.shape[0] / h)
+            extents = {i: padded_square_extent(m.shape, sam_valid_sizes[i], side)
+                       for m, i in zip(region_masks, region_image_index.tolist())}
             maps = [f.permute(1, 2, 0) for f in sam_image_features]
             pixels, pad, t0 = self._pool_maps(region_masks, region_image_index, maps, self.local_proj, extents, dtype)
         else:  # the vision encoder's cells under each mask

@@ -77,6 +77,7 @@ def test_missing_file_from_the_cli(tmp_path, capsys):
     ({"precision": "fp64"}, "precision"),
     ({"model": {"init": "scratch"}}, "model.init"),
     ({"data": {"sources": []}}, "data.sources is empty"),
+    ({"model": {"init": "tiny", "tiny": {"sam_size": 128}}}, r"unknown key\(s\) \['sam_size'\] in model.tiny"),
 ])
 def test_bad_values(tmp_path, change, match):
     cfg = {**base(), **change}
@@ -180,3 +181,21 @@ def test_bad_schedule_is_named(tmp_path, optim, msg):
     cfg["optim"] = optim
     with pytest.raises(ValueError, match=msg):
         load_train_config(write(tmp_path, cfg))
+
+
+def test_tiny_input_sizes_reach_model_and_processor(tmp_path):
+    """``model.tiny`` sets the tiny model's vision and SAM inputs; a size the encoders cannot take
+    is an error that names it."""
+    from fclm.train.trainer import build_model
+
+    cfg = base()
+    cfg["model"]["tiny"] = {"image_long_side": 84, "sam_image_size": 128}
+    model, proc = build_model(load_train_config(write(tmp_path, cfg)))
+    assert (proc.image_long_side, proc.sam_image_size) == (84, 128)
+    assert model.config.sam_config.vision_config.image_size == 128
+    assert model.config.sam_config.prompt_encoder_config.image_size == 128
+    for bad, match in (({"sam_image_size": 120}, "sam_image_size must be a multiple of 16"),
+                       ({"image_long_side": 100}, "image_long_side must be a multiple of 28")):
+        cfg["model"]["tiny"] = bad
+        with pytest.raises(ValueError, match=match):
+            build_model(load_train_config(write(tmp_path, cfg)))

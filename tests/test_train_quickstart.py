@@ -66,6 +66,28 @@ def test_train_stages_rejects_zero_stage1_steps(tmp_path):
         train_stages(str(tmp_path), stage1_steps=0)
 
 
+def test_scene_size_reaches_both_stages_and_the_test_scenes(tmp_path):
+    """A scene size set for stage 1 is stage 2's too, and the test scenes are drawn at it."""
+    from fclm.data.masks import decode_rle
+    from fclm.model.builders import load_fclm
+    from fclm.train.quickstart import evaluate_all, scene_size, train_stages
+
+    extra1 = ["data.synthetic.image_size=96", "model.tiny.sam_image_size=128", "model.tiny.image_long_side=84",
+              "per_device_batch=2"]
+    model_dir = train_stages(str(tmp_path), stage1_steps=1, stage2_steps=1, progress=False, extra1=extra1,
+                             extra2=["per_device_batch=2"])
+    for stage in ("stage1", "stage2"):
+        cfg = json.loads((tmp_path / stage / "train_config.json").read_text())
+        assert cfg["data"]["synthetic"]["image_size"] == 96, stage
+    _, proc = load_fclm(model_dir)
+    assert (proc.image_long_side, proc.sam_image_size) == (84, 128)
+    assert scene_size(extra1) == 96 and scene_size() == 256  # the packaged config's own
+    evaluate_all(model_dir, str(tmp_path), test_scenes=1, tasks=("res",), progress=False, image_size=96)
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "res" / "predictions.jsonl").read_text().splitlines()]
+    assert rows and all(decode_rle(m).shape == (96, 96) for r in rows for m in r["masks"] or [])
+    assert any(r["masks"] for r in rows)
+
+
 def test_help_states_the_measured_time(capsys):
     with pytest.raises(SystemExit):
         main(["quickstart", "--help"])

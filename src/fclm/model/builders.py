@@ -81,8 +81,12 @@ def build_tiny_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 1
 TINY_SIZES = dict(image_long_side=168, sam_image_size=256)
 
 
-def tiny_config(vocab_size: int, **overrides) -> FCLMConfig:
-    """A few-million-parameter FCLM that runs a training step in well under a second on a CPU."""
+def tiny_config(vocab_size: int, sam_image_size: int | None = None, **overrides) -> FCLMConfig:
+    """A few-million-parameter FCLM that runs a training step in well under a second on a CPU.
+    ``sam_image_size``: SAM's square input (default ``TINY_SIZES``; a multiple of its 16-px patch)."""
+    sam_side = sam_image_size or TINY_SIZES["sam_image_size"]
+    if sam_side % 16 or sam_side < 64:
+        raise ValueError(f"sam_image_size must be a multiple of 16 and at least 64, got {sam_side}")
     text = dict(vocab_size=vocab_size, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]},
@@ -92,9 +96,9 @@ def tiny_config(vocab_size: int, **overrides) -> FCLMConfig:
                   temporal_patch_size=2)
     sam = dict(
         vision_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, output_channels=64,
-                           image_size=TINY_SIZES["sam_image_size"], patch_size=16, window_size=8,
+                           image_size=sam_side, patch_size=16, window_size=8,
                            global_attn_indexes=[1], num_pos_feats=32, mlp_dim=128),
-        prompt_encoder_config=dict(hidden_size=64, image_size=TINY_SIZES["sam_image_size"], patch_size=16),
+        prompt_encoder_config=dict(hidden_size=64, image_size=sam_side, patch_size=16),
         mask_decoder_config=dict(hidden_size=64, mlp_dim=256, num_hidden_layers=2, num_attention_heads=4,
                                  iou_head_hidden_dim=64),
     )
@@ -105,12 +109,18 @@ def tiny_config(vocab_size: int, **overrides) -> FCLMConfig:
 
 
 def build_tiny(out_dir: str | None = None, seed: int = 0, texts: Iterable[str] | None = None,
+               image_long_side: int | None = None, sam_image_size: int | None = None,
                **config_overrides) -> tuple[FCLMForConditionalGeneration, FCLMProcessor]:
-    """Tiny random FCLM + processor (saved to ``out_dir`` when given)."""
+    """Tiny random FCLM + processor (saved to ``out_dir`` when given). ``image_long_side`` (the
+    vision encoder's input, a multiple of 28) and ``sam_image_size`` default to ``TINY_SIZES``."""
     torch.manual_seed(seed)
     tok = build_tiny_tokenizer(texts)
-    processor = FCLMProcessor(tok, **TINY_SIZES, max_length=1024)
-    config = tiny_config(len(tok), **config_overrides)
+    long_side = image_long_side or TINY_SIZES["image_long_side"]
+    if long_side % 28:
+        raise ValueError(f"image_long_side must be a multiple of 28 (14-px patches merged 2x2), got {long_side}")
+    processor = FCLMProcessor(tok, image_long_side=long_side, sam_image_size=sam_image_size or TINY_SIZES["sam_image_size"],
+                              max_length=1024)
+    config = tiny_config(len(tok), sam_image_size=sam_image_size, **config_overrides)
     set_token_ids(config, processor)
     model = FCLMForConditionalGeneration(config)
     set_generation_config(model, processor)

@@ -43,12 +43,12 @@ def run_variant(out: str, use_self: bool, use_latent: bool, seed: int, stage1_st
         import torch
 
         torch.set_num_threads(threads)
-    from .quickstart import evaluate_all, train_stages
+    from .quickstart import evaluate_all, scene_size, train_stages
 
     t0 = time.time()
     extra1, extra2 = variant_overrides(use_self, use_latent)
     model_dir = train_stages(out, stage1_steps, stage2_steps, seed, progress, extra1=extra1, extra2=extra2)
-    metrics = evaluate_all(model_dir, out, test_scenes, tasks, progress=progress)
+    metrics = evaluate_all(model_dir, out, test_scenes, tasks, progress=progress, image_size=scene_size(extra1))
     row = {"L_self": use_self, "L_latent": use_latent, "seed": seed, "wall_s": round(time.time() - t0, 1),
            **{f"{t}/{k}": v for t, m in metrics.items() for k, v in m["metrics"].items()}}
     for d in ("stage1", "stage2", "model"):  # keep the logs and the row, not three copies of the weights

@@ -20,6 +20,7 @@ class ModelSection:
     sam: str | None = None  # init=pretrained: SAM id/folder/.pth
     preset: str | None = None  # init=preset: fclm-3b | fclm-7b
     overrides: dict[str, Any] = field(default_factory=dict)  # FCLMConfig fields (loss weights, switches)
+    tiny: dict[str, int] = field(default_factory=dict)  # init=tiny: {image_long_side, sam_image_size} input sizes
     gradient_checkpointing: bool = False
 
 
@@ -140,6 +141,9 @@ def load_train_config(path: str, overrides: list[str] | None = None) -> TrainCon
         raise ValueError(f"{path}: save_dtype must be float32, bfloat16 or float16, got {cfg.save_dtype!r}")
     if cfg.model.init not in ("tiny", "path", "pretrained", "preset"):
         raise ValueError(f"{path}: model.init must be tiny, path, pretrained or preset, got {cfg.model.init!r}")
+    bad = sorted(set(cfg.model.tiny) - {"image_long_side", "sam_image_size"})
+    if bad:
+        raise ValueError(f"{path}: unknown key(s) {bad} in model.tiny; known: ['image_long_side', 'sam_image_size']")
     if cfg.optim.schedule not in ("cosine", "linear", "constant", "wsd"):
         raise ValueError(f"{path}: optim.schedule must be cosine, linear, constant or wsd, got {cfg.optim.schedule!r}")
     if not 0 < cfg.optim.decay_ratio <= 1:

@@ -27,6 +27,15 @@ def stage_overrides(stage: str, seed: int, steps: int | None = None) -> list[str
     return [f"seed={seed if stage == 'stage1' else seed + 1}"] + ([f"steps={steps}"] if steps is not None else [])
 
 
+def scene_size(extra1: list[str] = ()) -> int | None:
+    """Side of the synthetic scenes the quickstart trains on (its stage-1 config's
+    ``data.synthetic.image_size`` with ``extra1`` applied; None: the scene generator's default).
+    The test scenes are drawn at the same size."""
+    from .config import load_train_config
+
+    return load_train_config(packaged_config("quickstart-stage1.yaml"), list(extra1)).data.synthetic.get("image_size")
+
+
 def train_stages(out: str, stage1_steps: int | None = None, stage2_steps: int | None = None,
                  seed: int = 0, progress: bool = True, extra1: list[str] = (), extra2: list[str] = (),
                  timings: dict | None = None) -> str:
@@ -50,6 +59,8 @@ def train_stages(out: str, stage1_steps: int | None = None, stage2_steps: int | 
     t0 = time.time()
     s2 = [f"output_dir={out}/stage2", f"model.path={final1}", *stage_overrides("stage2", seed, stage2_steps), *extra2]
     cfg2 = load_train_config(packaged_config("quickstart-stage2.yaml"), s2)
+    if "image_size" in cfg1.data.synthetic and not any(x.startswith("data.synthetic.image_size=") for x in extra2):
+        cfg2.data.synthetic["image_size"] = cfg1.data.synthetic["image_size"]  # stage 2 sees stage 1's scenes
     if cfg2.steps > 0:
         final = Trainer(cfg2, progress=progress).run()
     else:
@@ -61,8 +72,10 @@ def train_stages(out: str, stage1_steps: int | None = None, stage2_steps: int | 
     return model_dir
 
 
-def evaluate_all(model_dir: str, out: str, test_scenes: int = 60, tasks=TASK_ORDER, progress: bool = True) -> dict:
-    """Every task on held-out synthetic test scenes, with its trivial baseline beside it."""
+def evaluate_all(model_dir: str, out: str, test_scenes: int = 60, tasks=TASK_ORDER, progress: bool = True,
+                 image_size: int | None = None) -> dict:
+    """Every task on held-out synthetic test scenes (``image_size`` px, the training scenes' size),
+    with its trivial baseline beside it."""
     from ..data.synthetic import generate_scenes
     from ..eval.cli_eval import SYNTHETIC_MAX_NEW_TOKENS, evaluate, score_synthetic
     from ..eval.synthetic_metrics import (constant_caption_predictions, majority_label_predictions,
@@ -70,8 +83,8 @@ def evaluate_all(model_dir: str, out: str, test_scenes: int = 60, tasks=TASK_ORD
     from ..infer.pipeline import FCLMPipeline
 
     pipe = FCLMPipeline.from_pretrained(model_dir, device="cpu")
-    samples = generate_scenes(test_scenes, "test", seed=0)
-    train_ref = generate_scenes(200, "train", seed=0)
+    samples = generate_scenes(test_scenes, "test", seed=0, image_size=image_size)
+    train_ref = generate_scenes(200, "train", seed=0, image_size=image_size)
     metrics = {}
     for task in tasks:
         tdir = os.path.join(out, "eval", task)
@@ -96,7 +109,7 @@ def evaluate_all(model_dir: str, out: str, test_scenes: int = 60, tasks=TASK_ORD
     return metrics
 
 
-def _overlays(model_dir: str, out: str, n: int = 3) -> list[str]:
+def _overlays(model_dir: str, out: str, n: int = 3, image_size: int | None = None) -> list[str]:
     """Prediction beside ground truth for a few test scenes (RES, DL-RES, ROC/DLC, GCG)."""
     import numpy as np
     from PIL import Image
@@ -109,7 +122,7 @@ def _overlays(model_dir: str, out: str, n: int = 3) -> list[str]:
     pipe = FCLMPipeline.from_pretrained(model_dir, device="cpu")
     paths = []
     os.makedirs(os.path.join(out, "overlays"), exist_ok=True)
-    for s in generate_scenes(n, "test", seed=0):
+    for s in generate_scenes(n, "test", seed=0, image_size=image_size):
         img = s.image.open()
         ob = s.objects[0]
         gt = decode_rle(ob.mask)
@@ -176,14 +189,16 @@ def run_quickstart(out: str = "fclm-quickstart", stage1_steps: int | None = None
     timings: dict = {}
     model_dir = train_stages(out, stage1_steps, stage2_steps, seed, progress, extra1, extra2, timings=timings)
     t1 = time.time()
-    metrics = evaluate_all(model_dir, out, test_scenes, progress=progress)
-    overlays = _overlays(model_dir, out)
+    size = scene_size(extra1)
+    metrics = evaluate_all(model_dir, out, test_scenes, progress=progress, image_size=size)
+    overlays = _overlays(model_dir, out, image_size=size)
     t2 = time.time()
     logs = [p for p in (os.path.join(out, "stage1", "log.jsonl"), os.path.join(out, "stage2", "log.jsonl"))
             if os.path.exists(p)]
     plot_losses(logs, os.path.join(out, "loss_curves.png"), labels=["stage 1", "stage 2"][: len(logs)], chain=True)
     timings.update(eval=t2 - t1, total=t2 - t0)
-    result = {"metrics": metrics, "timings_s": timings, "model": model_dir, "test_scenes": test_scenes}
+    result = {"metrics": metrics, "timings_s": timings, "model": model_dir, "test_scenes": test_scenes,
+              "scene_size": size}
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(result, f, indent=2)
     write_report(out, metrics, overlays, timings)

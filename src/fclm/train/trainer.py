@@ -36,7 +36,7 @@ def build_model(cfg: TrainConfig, device=None):
 
         model, processor = random_preset(m.preset or "fclm-3b", dtype=torch.float32, device=device or "cpu")
     elif m.init == "tiny":
-        model, processor = build_tiny(seed=cfg.seed, **m.overrides)
+        model, processor = build_tiny(seed=cfg.seed, **m.tiny, **m.overrides)
     elif m.init == "path":
         if not m.path:
             raise ValueError(f"{cfg.source_file}: model.init=path needs model.path")

@@ -7,7 +7,8 @@ Two reports:
 * **`<pos>` self-reconstruction**: every object's `<pos>` code (the position branch on its true
   mask) decoded back by the SAM mask decoder, as L_self does in training. Mean IoU with the object,
   and how many decodes cover more than half of two or more objects ("multi": the decoder segmented
-  every object of that shape instead of the one the code names).
+  every object of that shape instead of the one the code names). With ``look_prompt`` also without
+  the look token (SAM's "not a point" in its place, as in L_self's look dropout).
 * **RES by expression kind** (with ``--res-predictions``, the ``predictions.jsonl`` that ``fclm eval``
   or the quickstart writes under ``eval/res``): position phrases ("the star in the top left"),
   category-only expressions ("the star") and attribute expressions (the rest). Per kind: mean IoU,
@@ -72,8 +73,9 @@ def res_by_kind(samples, scene_masks: list[np.ndarray], predictions: dict[str, d
             for k, v in sorted(rows.items())}
 
 
-def self_reconstruction(model, processor, samples, scene_masks: list[np.ndarray]) -> dict:
-    """Mean IoU (%) of every object's decoded `<pos>` code, and how many decodes cover 2+ objects."""
+def self_reconstruction(model, processor, samples, scene_masks: list[np.ndarray], with_look: bool = True) -> dict:
+    """Mean IoU (%) of every object's decoded `<pos>` code, and how many decodes cover 2+ objects.
+    ``with_look=False`` (``look_prompt``): the look token is dropped."""
     import torch
 
     from fclm.model.mask_decoding import decode_masks, sam_image_embeddings
@@ -90,8 +92,12 @@ def self_reconstruction(model, processor, samples, scene_masks: list[np.ndarray]
             t_pos, _ = model.region_extractor.encode_position(
                 list(torch.from_numpy(masks)), emb.dtype,
                 appearance=appearance_of(appearance, torch.zeros(len(masks), dtype=torch.long)))
-            logits = decode_masks(model.sam, model.seg_projector(t_pos), emb, torch.zeros(len(masks), dtype=torch.long),
-                                  torch.tensor([valid]), torch.tensor([[s.height, s.width]]))
+            zeros = torch.zeros(len(masks), dtype=torch.long)
+            looks = (model.region_extractor.encode_look(list(torch.from_numpy(masks)), appearance_of(appearance, zeros))
+                     if model.config.look_prompt else None)
+            logits = decode_masks(model.sam, model.seg_projector(t_pos), emb, zeros, torch.tensor([valid]),
+                                  torch.tensor([[s.height, s.width]]), looks=looks,
+                                  look_dropout=0.0 if with_look else 1.0)
         for i, lg in enumerate(logits):
             pred = (lg > 0).numpy()
             ious.append(iou(pred, masks[i]))
@@ -116,6 +122,10 @@ def main(argv=None) -> dict:
     report = {"self_reconstruction": self_reconstruction(model, processor, samples, scene_masks)}
     r = report["self_reconstruction"]
     print(f"<pos> self-reconstruction: {r['n']} objects, IoU {r['IoU']:.1f}, {r['multi']} decodes cover 2+ objects")
+    if model.config.look_prompt:
+        r = report["self_reconstruction_without_look"] = self_reconstruction(model, processor, samples, scene_masks,
+                                                                               with_look=False)
+        print(f"  without the look token: IoU {r['IoU']:.1f}, {r['multi']} decodes cover 2+ objects")
     if args.res_predictions:
         with open(args.res_predictions) as f:
             preds = {rec["id"]: rec for rec in map(json.loads, filter(str.strip, f))}

@@ -601,12 +601,14 @@ def run_batch(model, processor, requests: list[Request], options: GenerationOpti
                                  device=dev)
             prompts = model.seg_projector(states.to(dtype))
             boxes = model.box_head(states.to(dtype)) if model.box_head is not None else None
+            looks = model.look_head(states.to(dtype)) if model.look_head is not None else None
             k = 0
             masks, logits_kept = [], []
             # a few queries at a time: full-size float logits (48 MB each at 12 MP) never pile up
             for c in range(0, len(prompts), MASK_CHUNK):
                 for x in decode_masks(model.sam, prompts[c: c + MASK_CHUNK], emb, index[c: c + MASK_CHUNK], valid, orig,
-                                      boxes=None if boxes is None else boxes[c: c + MASK_CHUNK]):
+                                      boxes=None if boxes is None else boxes[c: c + MASK_CHUNK],
+                                      looks=None if looks is None else looks[c: c + MASK_CHUNK]):
                     masks.append((x > 0).cpu().numpy())
                     if keep_logits:
                         logits_kept.append(x.float().cpu())

@@ -56,6 +56,17 @@ class FCLMConfig(Qwen2_5_VLConfig):
         the position branch's output. L_self then teaches the mask decoder to find a region by its
         colour and texture as well as by its place, and L_latent asks `[SEG]` for the look that the
         expression names (ours, not the paper's: the paper's T_pos is geometry only).
+    look_prompt (`bool`, defaults to False): the mask decoder gets the region's look as a second
+        sparse prompt token, beside the geometry token: for a `<pos>` decode (L_self) the same
+        stride-8 appearance cells as ``pos_appearance``, pooled under the mask, through an MLP into
+        SAM's prompt space; for a `[SEG]` decode a second head (``look_head``) on the `[SEG]`
+        state. T_pos and the `<pos>` slots stay geometry only (ours, not the paper's).
+    look_prompt_dropout (`float`, defaults to 0.5): in training, the probability that an L_self
+        decode gets SAM's "not a point" token instead of its look, so that the decoder also finds a
+        region from its geometry alone (a `[SEG]` whose expression names no look needs that).
+    look_latent_weight (`float`, defaults to 0.0): weight of a cosine pull of each `[SEG]`'s look
+        token towards its target mask's pooled look (with L_latent on, ``latent_scope="all_targets"``
+        only).
     max_region_pixels (`int`): cap on foreground feature cells used by pixel enhancement.
     ce_weight, dice_weight, bce_weight, self_recon_weight, latent_weight (`float`): loss weights
         (§1.5). ``self_recon_weight`` is L_self (stage 1), ``latent_weight`` L_latent (stage 2).
@@ -107,6 +118,9 @@ class FCLMConfig(Qwen2_5_VLConfig):
     pos_grid_size: int = 16
     pos_fourier_bands: int = 0
     pos_appearance: bool = False
+    look_prompt: bool = False
+    look_prompt_dropout: float = 0.5
+    look_latent_weight: float = 0.0
     max_region_pixels: int = 1024
     ce_weight: float = 1.0
     dice_weight: float = 1.0
@@ -162,6 +176,8 @@ class FCLMConfig(Qwen2_5_VLConfig):
             raise ValueError(f"self_recon_max_masks must be >= 0, got {self.self_recon_max_masks}")
         if not 0.0 <= self.box_prompt_dropout <= 1.0:
             raise ValueError(f"box_prompt_dropout must be in [0, 1], got {self.box_prompt_dropout}")
+        if not 0.0 <= self.look_prompt_dropout <= 1.0:
+            raise ValueError(f"look_prompt_dropout must be in [0, 1], got {self.look_prompt_dropout}")
         if self.pos_fourier_bands < 0:
             raise ValueError(f"pos_fourier_bands must be >= 0, got {self.pos_fourier_bands}")
         if self.deformable_heads < 1 or self.region_hidden_size % self.deformable_heads:
@@ -180,6 +196,11 @@ class FCLMConfig(Qwen2_5_VLConfig):
     def uses_region_crops(self) -> bool:
         """Whether the processor must make per-region crops (local aggregation from crops)."""
         return self.use_local_aggregation and self.region_feature_source == "crop"
+
+    @property
+    def uses_appearance(self) -> bool:
+        """Whether the model reads appearance cells of SAM's input (``pos_appearance`` or ``look_prompt``)."""
+        return self.pos_appearance or self.look_prompt
 
     @property
     def sam_prompt_size(self) -> int:

@@ -63,11 +63,17 @@ def box_corner_tokens(sam, boxes: torch.Tensor, valid_sizes: torch.Tensor, drop:
     corners = torch.stack([((cx - w / 2).clamp(0, 1)) * vw, ((cy - h / 2).clamp(0, 1)) * vh,
                            ((cx + w / 2).clamp(0, 1)) * vw, ((cy + h / 2).clamp(0, 1)) * vh], -1)
     sparse, _ = sam.prompt_encoder(input_points=None, input_labels=None, input_boxes=corners[:, None], input_masks=None)
-    sparse = sparse[:, 0]
-    if drop is not None and bool(drop.any()):
-        none = sam.prompt_encoder.not_a_point_embed(torch.zeros(1, dtype=torch.long, device=sparse.device))
-        sparse = torch.where(drop.to(sparse.device)[:, None, None], none.to(sparse.dtype).expand_as(sparse), sparse)
-    return sparse
+    return not_a_point_where(sam, sparse[:, 0], drop)
+
+
+def not_a_point_where(sam, tokens: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
+    """``tokens`` ``(N, ..., P)`` with the rows where ``drop`` ``(N,)`` is True replaced by SAM's
+    "not a point" token (a prompt token that says nothing)."""
+    if drop is None or not bool(drop.any()):
+        return tokens
+    none = sam.prompt_encoder.not_a_point_embed(torch.zeros(1, dtype=torch.long, device=tokens.device))
+    where = drop.to(tokens.device).view(-1, *([1] * (tokens.dim() - 1)))
+    return torch.where(where, none.to(tokens.dtype).expand_as(tokens), tokens)
 
 
 class FreezableLinear(nn.Linear):
@@ -126,6 +132,8 @@ def decode_masks(
     at_low_res: bool = False,
     boxes: torch.Tensor | None = None,
     box_dropout: float = 0.0,
+    looks: torch.Tensor | None = None,
+    look_dropout: float = 0.0,
 ) -> list[torch.Tensor]:
     """Decode one mask per prompt token.
 
@@ -143,6 +151,9 @@ def decode_masks(
             box-corner tokens join each prompt token.
         box_dropout: the probability, per prompt, that its box tokens are replaced by SAM's "not a
             point" token (training only: the decoder keeps learning to read the prompt token alone).
+        looks: ``(N, P)`` look prompt tokens (``look_prompt``), one more sparse token per prompt.
+        look_dropout: the probability, per prompt, that its look token is replaced by SAM's "not a
+            point" token (training only).
     Returns:
         N logit maps, the i-th of shape ``original_sizes[image_index[i]]`` (``at_low_res``: about
         ``valid_sizes[image_index[i]] · 4g / S``); mask = logits > 0.
@@ -160,6 +171,9 @@ def decode_masks(
         drop = torch.rand(n, device=boxes.device) < box_dropout if box_dropout > 0 else None
         corners = box_corner_tokens(sam, boxes, valid_sizes.to(boxes.device)[image_index.to(boxes.device)], drop)
         sparse = torch.cat([sparse, corners.to(emb.dtype)[:, None]], 2)
+    if looks is not None:
+        drop = torch.rand(n, device=looks.device) < look_dropout if look_dropout > 0 else None
+        sparse = torch.cat([sparse, not_a_point_where(sam, looks.to(emb.dtype), drop).view(n, 1, 1, -1)], 2)
     low_res, _ = sam.mask_decoder(
         image_embeddings=emb,
         image_positional_embeddings=pos,

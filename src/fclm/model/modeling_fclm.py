@@ -43,6 +43,7 @@ class FCLMOutput(ModelOutput):
     loss_self: torch.Tensor | None = None
     loss_latent: torch.Tensor | None = None
     loss_box: torch.Tensor | None = None
+    loss_look: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     hidden_states: torch.Tensor | None = None
     cache: object | None = None
@@ -61,6 +62,8 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         self.region_extractor = HybridRegionExtractor(config)
         self.seg_projector = SegProjector(config.llm_hidden_size, config.sam_prompt_size)
         self.box_head = BoxHead(config.llm_hidden_size) if config.box_prompt else None
+        # look_prompt: the [SEG] state's look token (the region extractor's look_proj gives <pos>'s)
+        self.look_head = SegProjector(config.llm_hidden_size, config.sam_prompt_size) if config.look_prompt else None
         self.post_init()
         self._init_non_qwen_modules()
 
@@ -73,7 +76,8 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         ~10⁵ at random init (a global gradient clip then freezes every other module). Only random
         initialisation is affected: checkpoints load their own values afterwards.
         """
-        for root in (self.sam, self.region_extractor, self.seg_projector, self.box_head or nn.Identity()):
+        for root in (self.sam, self.region_extractor, self.seg_projector, self.box_head or nn.Identity(),
+                     self.look_head or nn.Identity()):
             for m in root.modules():
                 if isinstance(m, nn.MultiheadAttention):
                     m._reset_parameters()
@@ -93,7 +97,7 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             "vision_encoder": [self.model.visual],
             "llm": [self.model.language_model, self.lm_head],
             "region_extractor": [self.region_extractor],
-            "seg_projector": [self.seg_projector] + ([self.box_head] if self.box_head is not None else []),
+            "seg_projector": [self.seg_projector] + [m for m in (self.box_head, self.look_head) if m is not None],
             "mask_decoder": [self.sam.mask_decoder, self.sam.prompt_encoder],
             "sam_image_encoder": [self.sam.vision_encoder],
         }
@@ -189,9 +193,9 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
     def appearance_source(self, sam_pixel_values: torch.Tensor | None, sam_valid_sizes: torch.Tensor | None,
                           row_image: torch.Tensor) -> tuple | None:
-        """For ``pos_appearance``: ``(maps (N, g, g, r) of the N images, row → image (B,), valid sizes
-        (N, 2))``; None when it is off or there are no SAM inputs."""
-        if not self.config.pos_appearance or sam_pixel_values is None:
+        """For ``pos_appearance`` / ``look_prompt``: ``(maps (N, g, g, r) of the N images, row → image
+        (B,), valid sizes (N, 2))``; None when both are off or there are no SAM inputs."""
+        if not self.config.uses_appearance or sam_pixel_values is None:
             return None
         return self.region_extractor.appearance_maps(sam_pixel_values), row_image, sam_valid_sizes
 
@@ -336,16 +340,18 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
         if decode_seg and len(sb):
             prompts = self.seg_projector(result.seg_queries)
             boxes = self.box_head(result.seg_queries) if self.box_head is not None else None
+            looks = self.look_head(result.seg_queries) if self.look_head is not None else None
             if target_masks is not None and self.training:
                 keep = self._subsample_targets(sb)
                 logits_k = decode_masks(self.sam, prompts[keep], image_emb, sam_slot[sb[keep]], sam_valid_sizes,
                                         original_sizes, at_low_res=cfg.mask_loss_at_low_res,
-                                        boxes=None if boxes is None else boxes[keep], box_dropout=cfg.box_prompt_dropout)
+                                        boxes=None if boxes is None else boxes[keep], box_dropout=cfg.box_prompt_dropout,
+                                        looks=None if looks is None else looks[keep])
                 result.loss_dice, result.loss_bce = mask_losses(logits_k, [target_masks[i] for i in keep.tolist()])
                 result.pred_masks = None
             else:
                 result.pred_masks = decode_masks(self.sam, prompts, image_emb, sam_slot[sb], sam_valid_sizes,
-                                                 original_sizes, boxes=boxes)
+                                                 original_sizes, boxes=boxes, looks=looks)
                 if target_masks is not None:
                     result.loss_dice, result.loss_bce = mask_losses(result.pred_masks, target_masks)
             if result.loss_dice is not None:
@@ -357,9 +363,12 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
         if with_self:
             self_boxes = self.box_head(self_pos) if self.box_head is not None else None
+            self_looks = (self.region_extractor.encode_look(self_masks, appearance_of(appearance, self_index))
+                          if cfg.look_prompt else None)
             rec = decode_masks(self.sam, self.seg_projector(self_pos), image_emb, sam_slot[self_index], sam_valid_sizes,
                                original_sizes, at_low_res=cfg.mask_loss_at_low_res and self.training, boxes=self_boxes,
-                               box_dropout=cfg.box_prompt_dropout if self.training else 0.0)
+                               box_dropout=cfg.box_prompt_dropout if self.training else 0.0, looks=self_looks,
+                               look_dropout=cfg.look_prompt_dropout if self.training else 0.0)
             d, b = mask_losses(rec, [m.to(torch.uint8) for m in self_masks])
             result.loss_self = cfg.dice_weight * d + cfg.bce_weight * b
             terms["self"] = cfg.self_recon_weight * result.loss_self
@@ -389,6 +398,11 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                 seg_vec, pos_vec = self.seg_projector(seg_vec, frozen=True), self.seg_projector(pos_vec, frozen=True)
             result.loss_latent = latent_consistency(seg_vec, pos_vec, cfg.latent_loss)
             terms["latent"] = cfg.latent_weight * result.loss_latent
+        if latent_to_targets and nonempty and self.look_head is not None and cfg.look_latent_weight > 0:
+            target_looks = self.region_extractor.encode_look([target_masks[i] == 1 for i in nonempty],
+                                                             appearance_of(appearance, sb[nonempty]))
+            result.loss_look = latent_consistency(self.look_head(result.seg_queries[nonempty]), target_looks)
+            terms["look"] = cfg.look_latent_weight * result.loss_look
 
         if terms:
             result.loss = sum(terms.values())
@@ -412,7 +426,7 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
                                                   appearance=self.appearance_source(
                                                       sam_pixel_values, sam_valid_sizes,
                                                       torch.arange(input_ids.shape[0], device=input_ids.device))
-                                                  if region_masks else None)
+                                                  if region_masks and self.config.pos_appearance else None)
         for k in ("original_sizes", "labels", "target_masks", "latent_pairs", "object_masks",
                   "object_image_index", "decode_seg"):
             kwargs.pop(k, None)

@@ -239,10 +239,13 @@ class HybridRegionExtractor(nn.Module):
         self.semantic_guidance = DeformableGuidance(r, d, config.deformable_heads, config.deformable_points)
         self.mask_out = Mlp([r, d, d])
         self.pos_branch = Mlp([s * s + 4 + 8 * config.pos_fourier_bands, r, d, d])
-        if config.pos_appearance:
+        if config.uses_appearance:
             # 8-px cells of SAM's input: colour and texture only (no position, unlike SAM's features)
             self.appearance_stem = nn.Conv2d(3, r, kernel_size=APPEARANCE_STRIDE, stride=APPEARANCE_STRIDE)
+        if config.pos_appearance:
             self.appearance_proj = Mlp([r, r, d])
+        if config.look_prompt:
+            self.look_proj = Mlp([r, r, config.sam_prompt_size])
         # RMS-normalised outputs with a gain at the token embeddings' scale: unnormalised, their norm
         # drifts to ~20× the embeddings', and the LLM's RMSNorm then shrinks the gradient of every
         # region-specific direction by that factor (the region tokens stop being told apart)
@@ -327,6 +330,14 @@ class HybridRegionExtractor(nn.Module):
                 raise ValueError("pos_appearance needs the images' appearance maps (sam_pixel_values)")
             out = out + self.appearance_proj(self._pool_appearance(region_masks, *appearance).to(out.dtype))
         return self.pos_norm(out), centers_sizes
+
+    def encode_look(self, region_masks: list[torch.Tensor], appearance: tuple) -> torch.Tensor:
+        """``look_prompt``: R masks → their look prompt tokens ``(R, P)`` in SAM's prompt space.
+        ``appearance``: as for :meth:`encode_position`."""
+        if appearance is None:
+            raise ValueError("look_prompt needs the images' appearance maps (sam_pixel_values)")
+        pooled = self._pool_appearance(region_masks, *appearance)
+        return self.look_proj(pooled.to(self.look_proj[0].weight.dtype))
 
     @staticmethod
     def _pool_appearance(region_masks, maps, image_index, valid_sizes) -> torch.Tensor:

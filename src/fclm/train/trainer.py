@@ -23,7 +23,7 @@ from .strategies import (configure_deepspeed, drop_untouched_gradients, init_ada
                          touch_root_parameters)
 
 log = logging.getLogger("fclm.train")
-TERMS = ("loss", "loss_ce", "loss_dice", "loss_bce", "loss_seg", "loss_self", "loss_latent", "loss_box")
+TERMS = ("loss", "loss_ce", "loss_dice", "loss_bce", "loss_seg", "loss_self", "loss_latent", "loss_box", "loss_look")
 
 
 def build_model(cfg: TrainConfig, device=None):

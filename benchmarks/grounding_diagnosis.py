@@ -88,13 +88,10 @@ def self_reconstruction(model, processor, samples, scene_masks: list[np.ndarray]
         with torch.no_grad():
             px = torch.from_numpy(pixels)[None]
             emb = sam_image_embeddings(model.sam, px)
-            appearance = model.appearance_source(px, torch.tensor([valid]), torch.zeros(1, dtype=torch.long))
-            t_pos, _ = model.region_extractor.encode_position(
-                list(torch.from_numpy(masks)), emb.dtype,
-                appearance=appearance_of(appearance, torch.zeros(len(masks), dtype=torch.long)))
-            zeros = torch.zeros(len(masks), dtype=torch.long)
-            looks = (model.region_extractor.encode_look(list(torch.from_numpy(masks)), appearance_of(appearance, zeros))
-                     if model.config.look_prompt else None)
+            objects, zeros = list(torch.from_numpy(masks)), torch.zeros(len(masks), dtype=torch.long)
+            appearance = appearance_of(model.appearance_source(px, torch.tensor([valid]), zeros[:1]), zeros)
+            t_pos, _ = model.region_extractor.encode_position(objects, emb.dtype, appearance=appearance)
+            looks = model.region_extractor.encode_look(objects, appearance) if model.config.look_prompt else None
             logits = decode_masks(model.sam, model.seg_projector(t_pos), emb, zeros, torch.tensor([valid]),
                                   torch.tensor([[s.height, s.width]]), looks=looks,
                                   look_dropout=0.0 if with_look else 1.0)

@@ -116,11 +116,11 @@ def build_tiny(out_dir: str | None = None, seed: int = 0, texts: Iterable[str] |
     torch.manual_seed(seed)
     tok = build_tiny_tokenizer(texts)
     long_side = image_long_side or TINY_SIZES["image_long_side"]
+    sam_side = sam_image_size or TINY_SIZES["sam_image_size"]
     if long_side % 28:
         raise ValueError(f"image_long_side must be a multiple of 28 (14-px patches merged 2x2), got {long_side}")
-    processor = FCLMProcessor(tok, image_long_side=long_side, sam_image_size=sam_image_size or TINY_SIZES["sam_image_size"],
-                              max_length=1024)
-    config = tiny_config(len(tok), sam_image_size=sam_image_size, **config_overrides)
+    config = tiny_config(len(tok), sam_image_size=sam_side, **config_overrides)
+    processor = FCLMProcessor(tok, image_long_side=long_side, sam_image_size=sam_side, max_length=1024)
     set_token_ids(config, processor)
     model = FCLMForConditionalGeneration(config)
     set_generation_config(model, processor)

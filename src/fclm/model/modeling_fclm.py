@@ -533,7 +533,7 @@ class FCLMForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
 def appearance_of(source: tuple | None, rows: torch.Tensor) -> tuple | None:
     """:meth:`FCLMForConditionalGeneration.appearance_source` → the ``appearance`` argument of
-    ``encode_position`` for masks of batch ``rows``."""
+    ``encode_position`` / ``encode_look`` for masks of batch ``rows``."""
     if source is None:
         return None
     maps, row_image, valid = source

@@ -293,7 +293,7 @@ class HybridRegionExtractor(nn.Module):
 
     def appearance_maps(self, sam_pixel_values: torch.Tensor) -> torch.Tensor:
         """``(N, 3, S, S)`` SAM-preprocessed images → ``(N, S/8, S/8, r)`` appearance cells
-        (``pos_appearance`` only)."""
+        (``pos_appearance`` or ``look_prompt``)."""
         w = self.appearance_stem.weight
         return self.appearance_stem(sam_pixel_values.to(device=w.device, dtype=w.dtype)).permute(0, 2, 3, 1)
 

@@ -59,8 +59,8 @@ def train_stages(out: str, stage1_steps: int | None = None, stage2_steps: int | 
     t0 = time.time()
     s2 = [f"output_dir={out}/stage2", f"model.path={final1}", *stage_overrides("stage2", seed, stage2_steps), *extra2]
     cfg2 = load_train_config(packaged_config("quickstart-stage2.yaml"), s2)
-    if "image_size" in cfg1.data.synthetic and not any(x.startswith("data.synthetic.image_size=") for x in extra2):
-        cfg2.data.synthetic["image_size"] = cfg1.data.synthetic["image_size"]  # stage 2 sees stage 1's scenes
+    if "image_size" in cfg1.data.synthetic:  # stage 2 sees stage 1's scenes unless extra2 names a size
+        cfg2.data.synthetic.setdefault("image_size", cfg1.data.synthetic["image_size"])
     if cfg2.steps > 0:
         final = Trainer(cfg2, progress=progress).run()
     else:
